@@ -1,0 +1,41 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export TICKET_TO_INVOICE_HOME ?= $(CURDIR)/var
+export PREFECT_HOME ?= $(TICKET_TO_INVOICE_HOME)/prefect
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export GX_ANALYTICS_ENABLED ?= false
+
+.PHONY: run test lint ui install clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ticket-to-invoice needs Python 3.11 or newer")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Bill the sample export on embedded defaults (file-drop source, file-export ERP under var/).
+run: $(STAMP)
+	$(BIN)/ticket-to-invoice run
+
+## Lint and run every test (unit and integration).
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+## Start the Prefect server and UI on http://127.0.0.1:4200 over the runs `make run` made.
+ui: $(STAMP)
+	mkdir -p $(PREFECT_HOME)
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,0 +1,205 @@
+"""The ``ticket-to-invoice`` command.
+
+This module is the composition root: the one place in ``billing`` that reaches up to the flows, and only
+inside a command, after the environment for Prefect is set (Prefect reads it when first imported).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from billing.errors import UserFacingError
+from billing.money import format_money
+from billing.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="ticket-to-invoice",
+    help="Turn helpdesk work into correct ERP invoices: extract → validate → price → approve → post → reconcile.\n\n"
+    "With no options, `ticket-to-invoice run` bills the bundled sample export (examples/sample-export) with "
+    "the example rules into the file-export ERP under var/.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+err = Console(stderr=True)
+out = Console()
+LOCAL_UI = "http://127.0.0.1:4200/api"
+
+
+def _prepare_prefect(settings: Settings) -> None:
+    """Keep Prefect's runs in the project's home, so `make ui` shows them; use a running local UI if any."""
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    if "PREFECT_API_URL" not in os.environ and _local_ui_running():
+        os.environ["PREFECT_API_URL"] = LOCAL_UI
+
+
+def _local_ui_running() -> bool:
+    try:
+        return httpx.get(f"{LOCAL_UI}/health", timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _fail(exc: UserFacingError) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    if exc.hint:
+        err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+    return typer.Exit(2)
+
+
+@app.command()
+def run(
+    period: Annotated[
+        str | None, typer.Option(help="Billing period YYYY-MM. Default: the export's own period.")
+    ] = None,
+    source: Annotated[Literal["files"] | None, typer.Option(help="Where work comes from.")] = None,
+    input_dir: Annotated[Path | None, typer.Option("--input", help="Folder of a file-drop export.")] = None,
+    erp: Annotated[Literal["files"] | None, typer.Option(help="Where invoices go.")] = None,
+    rules: Annotated[Path | None, typer.Option(help="Rules file (YAML). Default: rules/examples/demo.yaml.")] = None,
+    approve: Annotated[
+        Literal["auto", "manual"] | None,
+        typer.Option(
+            help="auto: approve every draft. manual: drafts at or above the rules' threshold wait for "
+            "a human in the Prefect UI or `ticket-to-invoice approve`."
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")
+    ] = False,
+) -> None:
+    """Bill one period: every work item ends billed, non-billable by a named rule, or quarantined.
+
+    Examples:
+
+        ticket-to-invoice run
+
+        ticket-to-invoice run --period 2026-10 --input ./exports/october --json
+
+        ticket-to-invoice run --approve manual   # then answer in the Prefect UI (make ui)
+    """
+    try:
+        settings = load_settings(
+            period=period, source=source, input_dir=input_dir, erp=erp, rules_file=rules, approve=approve
+        )
+        _prepare_prefect(settings)
+        from flows.ticket_to_invoice import ticket_to_invoice
+
+        # Prefect logs to the console; with --json, stdout carries the JSON object alone.
+        redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+        with redirect, contextlib.nullcontext() if as_json else err.status("Billing…"):
+            summary = ticket_to_invoice(
+                period=settings.period, source=settings.source, input_dir=str(settings.input_dir),
+                erp=settings.erp, rules=str(settings.rules_file), approve=settings.approve,
+            )  # fmt: skip
+    except UserFacingError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        _print_summary(summary)
+    if summary["posting_failures"]:
+        raise typer.Exit(1)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    table = Table(title=f"Invoices {summary['period']}")
+    for column, justify in (
+        ("invoice", "left"),
+        ("customer", "left"),
+        ("status", "left"),
+        ("lines", "right"),
+        ("total", "right"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for inv in summary["invoices"]:
+        table.add_row(
+            inv["erp_number"] or "—",
+            inv["customer_name"] or inv["customer"],
+            inv["status"],
+            str(len(inv["lines"])),
+            format_money(inv["total_minor"], inv["currency"]),
+        )
+    out.print(table)
+    if summary["quarantined"]:
+        quarantine = Table(title="Quarantined (fix at the source; the next run retries them)")
+        quarantine.add_column("work log")
+        quarantine.add_column("reason")
+        for q in summary["quarantined"]:
+            quarantine.add_row(q["source_id"] or "?", q["reason"])
+        out.print(quarantine)
+    counts = summary["counts"]
+    out.print(
+        f"{summary['work_items_total']} work items: [green]{counts['billed']} billed[/], "
+        f"{counts['non_billable']} non-billable, [red]{counts['quarantined']} quarantined[/], "
+        f"{counts['pending_approval']} pending approval, {counts['pending_posting']} pending posting; "
+        f"{summary['new_postings']} new posting(s)."
+    )
+    for note in summary.get("notes", []):
+        out.print(f"[dim]note: {note}[/]")
+    for failure in summary["posting_failures"]:
+        err.print(f"[red]posting failed[/] {failure['draft_key']}: {failure['error']}")
+
+
+@app.command()
+def approve(
+    approver: Annotated[str, typer.Option(help="Who decides (recorded in the ledger).")],
+    reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approve.")] = False,
+    note: Annotated[str, typer.Option(help="Why.")] = "",
+    run_id: Annotated[str | None, typer.Option(help="The paused flow run; default: every paused run.")] = None,
+) -> None:
+    """Answer the approval a paused `run --approve manual` is waiting for (same as the form in the UI).
+
+    The paused run must be reachable: start `make ui` before `run --approve manual`, or set PREFECT_API_URL.
+    """
+    settings = load_settings()
+    _prepare_prefect(settings)
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    if run_id:
+        ids = [UUID(run_id)]
+    else:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+                ),
+                limit=50,
+            )
+        ids = [r.id for r in runs]
+    if not ids:
+        err.print("[yellow]no flow run is waiting for approval[/]")
+        raise typer.Exit(1)
+    answer = {"approver": approver, "decision": "reject" if reject else "approve", "note": note}
+    for flow_run_id in ids:
+        resume_flow_run(flow_run_id, run_input=answer)
+        out.print(f"{answer['decision']}d: flow run {flow_run_id}")
+
+
+def main() -> None:
+    try:
+        app()
+    except UserFacingError as exc:  # a last guard: a user's mistake never ends in a traceback
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Ledger tables (SQLAlchemy 2). Alembic migrations in ``migrations/`` create them; keep both in step."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class WorkState(StrEnum):
+    """Where a work item stands. Every item ends billed, non-billable by a named rule, or quarantined."""
+
+    EXTRACTED = "extracted"
+    QUARANTINED = "quarantined"
+    NON_BILLABLE = "non_billable"
+    PRICED = "priced"
+    DRAFTED = "drafted"
+    APPROVED = "approved"
+    POSTED = "posted"
+    RECONCILED = "reconciled"
+
+
+# How states roll up into the counts a run reports; every state belongs to exactly one.
+COUNT_OF_STATE: dict[WorkState, str] = {
+    WorkState.POSTED: "billed",
+    WorkState.RECONCILED: "billed",
+    WorkState.NON_BILLABLE: "non_billable",
+    WorkState.QUARANTINED: "quarantined",
+    WorkState.EXTRACTED: "pending_approval",
+    WorkState.PRICED: "pending_approval",
+    WorkState.DRAFTED: "pending_approval",
+    WorkState.APPROVED: "pending_posting",
+}
+BILLED_STATES = (WorkState.POSTED, WorkState.RECONCILED)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class WorkItem(Base):
+    __tablename__ = "work_items"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)  # system:instance:type:id
+    source_system: Mapped[str] = mapped_column(String(50))
+    instance: Mapped[str] = mapped_column(String(100))
+    object_type: Mapped[str] = mapped_column(String(50))
+    source_id: Mapped[str] = mapped_column(String(200))
+    customer_id: Mapped[str | None] = mapped_column(String(100))
+    period: Mapped[str] = mapped_column(String(7), index=True)
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    content_hash: Mapped[str] = mapped_column(String(32))
+    billed_hash: Mapped[str | None] = mapped_column(String(32))  # content when it was posted
+    reason: Mapped[str | None] = mapped_column(Text)  # quarantine reasons or the non-billable rule
+    details: Mapped[dict[str, Any] | None]
+    line_id: Mapped[int | None] = mapped_column(ForeignKey("invoice_lines.id", ondelete="SET NULL"))
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class InvoiceDraftRow(Base):
+    __tablename__ = "invoice_drafts"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(100))
+    agreement_id: Mapped[str] = mapped_column(String(100))
+    period: Mapped[str] = mapped_column(String(7), index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    version: Mapped[int] = mapped_column(Integer)
+    total_minor: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(20))
+    document: Mapped[dict[str, Any]]  # the full draft as posted (lines, customer, trace)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class InvoiceLineRow(Base):
+    __tablename__ = "invoice_lines"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    draft_key: Mapped[str] = mapped_column(ForeignKey("invoice_drafts.key", ondelete="CASCADE"), index=True)
+    line_no: Mapped[int] = mapped_column(Integer)
+    work_item_key: Mapped[str] = mapped_column(String(300), index=True)
+    description: Mapped[str] = mapped_column(Text)
+    quantity_raw: Mapped[str] = mapped_column(String(30))  # Decimal as text: exact on every backend
+    quantity_billed: Mapped[str] = mapped_column(String(30))
+    unit_price_minor: Mapped[int] = mapped_column(BigInteger)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    trace: Mapped[dict[str, Any]]
+
+
+class Approval(Base):
+    __tablename__ = "approvals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    draft_key: Mapped[str] = mapped_column(String(300), index=True)
+    approver: Mapped[str] = mapped_column(String(200))
+    decision: Mapped[str] = mapped_column(String(20))  # approved | rejected
+    note: Mapped[str] = mapped_column(Text, default="")
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+    flow_run_id: Mapped[str | None] = mapped_column(String(40))
+
+
+class Posting(Base):
+    __tablename__ = "postings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    draft_key: Mapped[str] = mapped_column(String(300), unique=True)  # one posting per draft, ever
+    erp: Mapped[str] = mapped_column(String(50))
+    erp_id: Mapped[str] = mapped_column(String(100))
+    erp_number: Mapped[str] = mapped_column(String(100))
+    total_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    posted_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ErpMapping(Base):
+    """Links made once are remembered: our id of a customer/product → the ERP's id."""
+
+    __tablename__ = "erp_mappings"
+    __table_args__ = (UniqueConstraint("erp", "entity", "local_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    erp: Mapped[str] = mapped_column(String(50))
+    entity: Mapped[str] = mapped_column(String(50))
+    local_id: Mapped[str] = mapped_column(String(200))
+    erp_id: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEntry(Base):
+    """Append-only: the ledger only ever inserts here (a trigger refuses updates and deletes)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(50))
+    entity: Mapped[str] = mapped_column(String(50))
+    entity_key: Mapped[str] = mapped_column(String(300))
+    detail: Mapped[dict[str, Any] | None]

@@ -1,0 +1,505 @@
+"""The ledger's operations, in batches: one statement per stage, not one per work item."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from billing.ledger.schema import (
+    BILLED_STATES,
+    COUNT_OF_STATE,
+    Approval,
+    AuditEntry,
+    ErpMapping,
+    InvoiceDraftRow,
+    InvoiceLineRow,
+    Posting,
+    WorkItem,
+    WorkState,
+    utcnow,
+)
+from billing.models import ApprovalDecision, DraftState, InvoiceDraft, PostingReceipt
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+CHUNK = 500  # keys per IN (...) clause: SQLite allows 32k parameters, PostgreSQL 65k
+UNPOSTED_DRAFT_STATES = (DraftState.DRAFTED, DraftState.APPROVED, DraftState.REJECTED)
+
+
+def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the ledger's schema to the newest Alembic revision."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "head")
+
+
+@cache
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+    migrate(engine)
+    return engine
+
+
+def document_hash(draft: InvoiceDraft) -> str:
+    payload = json.dumps(draft.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+class Ledger:
+    """What happened to every work item, draft and posting. Opening it migrates the schema."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _engine(url)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine) as session, session.begin():
+            yield session
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _audit(session: Session, actor: str, action: str, entity: str, rows: Iterable[tuple[str, Any]]) -> None:
+        entries = [
+            {
+                "actor": actor,
+                "action": action,
+                "entity": entity,
+                "entity_key": key,
+                "detail": detail,
+                "at": utcnow(),
+            }
+            for key, detail in rows
+        ]
+        if entries:
+            session.execute(insert(AuditEntry), entries)
+
+    def audit_log(self, entity_key: str | None = None) -> list[AuditEntry]:
+        with Session(self.engine) as session:
+            query = select(AuditEntry).order_by(AuditEntry.id)
+            if entity_key is not None:
+                query = query.where(AuditEntry.entity_key == entity_key)
+            return list(session.scalars(query))
+
+    # -- work items ------------------------------------------------------------------------------
+
+    def register(self, items: pd.DataFrame, actor: str) -> pd.DataFrame:
+        """Record extracted work items; answer which of them this run must process.
+
+        ``items`` has columns ``key, source_system, instance, object_type, source_id, customer_id, period,
+        content_hash``. Returned: the same rows plus ``prior_state`` (None when new) and ``process``:
+        False for items already billed. An item billed earlier whose content has changed since is not billed
+        again; it is flagged ``changed_after_billing`` for reconcile to report.
+        """
+        keys = items["key"].tolist()
+        known: dict[str, tuple[str, str, str | None]] = {}
+        with self.session() as session:
+            for chunk in _chunks(keys):
+                rows = session.execute(
+                    select(WorkItem.key, WorkItem.state, WorkItem.content_hash, WorkItem.billed_hash).where(
+                        WorkItem.key.in_(chunk)
+                    )
+                )
+                known.update({key: (state, chash, bhash) for key, state, chash, bhash in rows})
+
+            prior_state = items["key"].map(lambda k: known[k][0] if k in known else None)
+            billed = prior_state.isin([s.value for s in BILLED_STATES])
+            billed_hash = items["key"].map(lambda k: known[k][2] if k in known else None)
+            changed_after_billing = billed & (billed_hash != items["content_hash"])
+
+            new = items[prior_state.isna()]
+            if len(new):
+                records = new[
+                    [
+                        "key",
+                        "source_system",
+                        "instance",
+                        "object_type",
+                        "source_id",
+                        "customer_id",
+                        "period",
+                        "content_hash",
+                    ]
+                ].to_dict("records")
+                now = utcnow()
+                for record in records:
+                    record.update(state=WorkState.EXTRACTED.value, first_seen_at=now, updated_at=now)
+                session.execute(insert(WorkItem), records)
+                self._audit(session, actor, "extracted", "work_item", ((r["key"], None) for r in records))
+
+            # Known, not yet billed: take the newest content and start over from "extracted".
+            again = items[prior_state.notna() & ~billed]
+            if len(again):
+                session.execute(
+                    update(WorkItem),
+                    [
+                        {
+                            "key": r.key,
+                            "content_hash": r.content_hash,
+                            "customer_id": r.customer_id,
+                            "period": r.period,
+                            "state": WorkState.EXTRACTED.value,
+                            "reason": None,
+                            "details": None,
+                            "updated_at": utcnow(),
+                        }
+                        for r in again.itertuples()
+                    ],
+                )
+            changed = items[changed_after_billing]
+            if len(changed):
+                session.execute(
+                    update(WorkItem),
+                    [
+                        {
+                            "key": r.key,
+                            "content_hash": r.content_hash,
+                            "details": {"changed_after_billing": True},
+                            "updated_at": utcnow(),
+                        }
+                        for r in changed.itertuples()
+                    ],
+                )
+                self._audit(
+                    session,
+                    actor,
+                    "changed_after_billing",
+                    "work_item",
+                    ((r.key, {"content_hash": r.content_hash}) for r in changed.itertuples()),
+                )
+
+        result = items.copy()
+        result["prior_state"] = prior_state
+        result["process"] = ~billed
+        result["changed_after_billing"] = changed_after_billing
+        return result
+
+    def set_state(
+        self,
+        keys: Sequence[str],
+        state: WorkState,
+        actor: str,
+        reasons: Sequence[str | None] | None = None,
+        details: Sequence[dict[str, Any] | None] | None = None,
+    ) -> None:
+        if not len(keys):
+            return
+        reasons = reasons if reasons is not None else [None] * len(keys)
+        details = details if details is not None else [None] * len(keys)
+        now = utcnow()
+        with self.session() as session:
+            session.execute(
+                update(WorkItem),
+                [
+                    {"key": k, "state": state.value, "reason": r, "details": d, "updated_at": now}
+                    for k, r, d in zip(keys, reasons, details, strict=True)
+                ],
+            )
+            self._audit(
+                session,
+                actor,
+                state.value,
+                "work_item",
+                ((k, {"reason": r} if r else None) for k, r in zip(keys, reasons, strict=True)),
+            )
+
+    def work_items(self, period: str | None = None) -> pd.DataFrame:
+        query = select(WorkItem.__table__)
+        if period is not None:
+            query = query.where(WorkItem.period == period)
+        with self.engine.connect() as connection:
+            return pd.read_sql(query, connection)
+
+    # -- drafts ----------------------------------------------------------------------------------
+
+    def posted_versions(self, period: str) -> dict[tuple[str, str, str], int]:
+        """Highest posted version per (customer, agreement, currency) of a period."""
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(
+                    InvoiceDraftRow.customer_id,
+                    InvoiceDraftRow.agreement_id,
+                    InvoiceDraftRow.currency,
+                    func.max(InvoiceDraftRow.version),
+                )
+                .where(InvoiceDraftRow.period == period, InvoiceDraftRow.state == DraftState.POSTED.value)
+                .group_by(InvoiceDraftRow.customer_id, InvoiceDraftRow.agreement_id, InvoiceDraftRow.currency)
+            )
+            return {(c, a, cur): v for c, a, cur, v in rows}
+
+    def save_drafts(self, period: str, drafts: Sequence[InvoiceDraft], actor: str) -> list[InvoiceDraft]:
+        """Make ``drafts`` the period's unposted drafts.
+
+        A draft whose content is unchanged keeps its state (and so its approval); a changed one replaces
+        the old and must be approved again; an unposted draft no longer produced is removed.
+        Returns the drafts with the state they now have in the ledger (as ``DraftState`` in ``state_of``).
+        """
+        wanted = {d.key: d for d in drafts}
+        with self.session() as session:
+            existing = {
+                row.key: row
+                for row in session.scalars(
+                    select(InvoiceDraftRow).where(
+                        InvoiceDraftRow.period == period,
+                        InvoiceDraftRow.state.in_([s.value for s in UNPOSTED_DRAFT_STATES]),
+                    )
+                )
+            }
+            keep = {
+                k
+                for k, row in existing.items()
+                if k in wanted and row.document.get("_hash") == document_hash(wanted[k])
+            }
+            stale = [k for k in existing if k not in keep]
+            for chunk in _chunks(stale):
+                session.execute(
+                    update(WorkItem)
+                    .where(WorkItem.line_id.in_(select(InvoiceLineRow.id).where(InvoiceLineRow.draft_key.in_(chunk))))
+                    .values(line_id=None)
+                )
+                session.execute(delete(InvoiceLineRow).where(InvoiceLineRow.draft_key.in_(chunk)))
+                session.execute(delete(InvoiceDraftRow).where(InvoiceDraftRow.key.in_(chunk)))
+            self._audit(session, actor, "draft_replaced", "invoice_draft", ((k, None) for k in stale))
+
+            for key, draft in wanted.items():
+                if key in keep:
+                    continue
+                document = draft.model_dump(mode="json") | {"_hash": document_hash(draft)}
+                session.add(
+                    InvoiceDraftRow(
+                        key=key,
+                        customer_id=draft.customer_id,
+                        agreement_id=draft.agreement_id,
+                        period=period,
+                        currency=draft.currency,
+                        version=draft.version,
+                        total_minor=draft.total_minor,
+                        state=DraftState.DRAFTED.value,
+                        document=document,
+                    )
+                )
+                session.flush()
+                line_rows = [
+                    {
+                        "draft_key": key,
+                        "line_no": no,
+                        "work_item_key": line.work_item_key,
+                        "description": line.description,
+                        "quantity_raw": str(line.quantity_raw),
+                        "quantity_billed": str(line.quantity_billed),
+                        "unit_price_minor": line.unit_price_minor,
+                        "amount_minor": line.amount_minor,
+                        "trace": line.trace,
+                    }
+                    for no, line in enumerate(draft.lines, start=1)
+                ]
+                ids = session.scalars(
+                    insert(InvoiceLineRow).returning(InvoiceLineRow.id, sort_by_parameter_order=True),
+                    line_rows,
+                ).all()
+                session.execute(
+                    update(WorkItem),
+                    [
+                        {
+                            "key": line.work_item_key,
+                            "line_id": line_id,
+                            "state": WorkState.DRAFTED.value,
+                            "updated_at": utcnow(),
+                        }
+                        for line, line_id in zip(draft.lines, ids, strict=True)
+                    ],
+                )
+                self._audit(
+                    session,
+                    actor,
+                    "drafted",
+                    "invoice_draft",
+                    [(key, {"total_minor": draft.total_minor, "lines": len(draft.lines)})],
+                )
+            # Items on a kept draft keep their state (drafted or approved); nothing to do for them.
+        return list(drafts)
+
+    def draft_states(self, keys: Iterable[str]) -> dict[str, DraftState]:
+        keys = list(keys)
+        out: dict[str, DraftState] = {}
+        with Session(self.engine) as session:
+            for chunk in _chunks(keys):
+                rows = session.execute(
+                    select(InvoiceDraftRow.key, InvoiceDraftRow.state).where(InvoiceDraftRow.key.in_(chunk))
+                )
+                out.update({k: DraftState(s) for k, s in rows})
+        return out
+
+    def drafts(self, period: str | None = None, states: Iterable[DraftState] | None = None) -> list[InvoiceDraft]:
+        query = select(InvoiceDraftRow.document).order_by(InvoiceDraftRow.key)
+        if period is not None:
+            query = query.where(InvoiceDraftRow.period == period)
+        if states is not None:
+            query = query.where(InvoiceDraftRow.state.in_([s.value for s in states]))
+        with Session(self.engine) as session:
+            return [
+                InvoiceDraft.model_validate({k: v for k, v in doc.items() if k not in ("_hash", "key", "total_minor")})
+                for doc in session.scalars(query)
+            ]
+
+    # -- approvals and postings --------------------------------------------------------------------
+
+    def record_decisions(self, decisions: Sequence[ApprovalDecision], flow_run_id: str | None = None) -> None:
+        with self.session() as session:
+            for d in decisions:
+                decision = DraftState.APPROVED if d.approved else DraftState.REJECTED
+                session.add(
+                    Approval(
+                        draft_key=d.draft_key,
+                        approver=d.approver,
+                        decision=decision.value,
+                        note=d.note,
+                        decided_at=d.decided_at,
+                        flow_run_id=flow_run_id,
+                    )
+                )
+                session.execute(
+                    update(InvoiceDraftRow).where(InvoiceDraftRow.key == d.draft_key).values(state=decision.value)
+                )
+                item_state = WorkState.APPROVED if d.approved else WorkState.DRAFTED
+                session.execute(
+                    update(WorkItem)
+                    .where(
+                        WorkItem.line_id.in_(select(InvoiceLineRow.id).where(InvoiceLineRow.draft_key == d.draft_key))
+                    )
+                    .values(state=item_state.value, updated_at=utcnow())
+                )
+            self._audit(
+                session,
+                ", ".join(sorted({d.approver for d in decisions})) or "nobody",
+                "decided",
+                "invoice_draft",
+                ((d.draft_key, {"approved": d.approved, "note": d.note}) for d in decisions),
+            )
+
+    def approvals(self, draft_key: str) -> list[Approval]:
+        with Session(self.engine) as session:
+            return list(session.scalars(select(Approval).where(Approval.draft_key == draft_key).order_by(Approval.id)))
+
+    def record_postings(self, receipts: Sequence[PostingReceipt], actor: str) -> None:
+        with self.session() as session:
+            for r in receipts:
+                already = session.scalar(select(Posting.id).where(Posting.draft_key == r.draft_key))
+                if already is None:
+                    session.add(
+                        Posting(
+                            draft_key=r.draft_key,
+                            erp=r.erp,
+                            erp_id=r.erp_id,
+                            erp_number=r.erp_number,
+                            total_minor=r.total_minor,
+                            currency=r.currency,
+                            posted_at=r.posted_at,
+                        )
+                    )
+                session.execute(
+                    update(InvoiceDraftRow)
+                    .where(InvoiceDraftRow.key == r.draft_key)
+                    .values(state=DraftState.POSTED.value)
+                )
+                session.execute(
+                    update(WorkItem)
+                    .where(
+                        WorkItem.line_id.in_(select(InvoiceLineRow.id).where(InvoiceLineRow.draft_key == r.draft_key))
+                    )
+                    .values(state=WorkState.POSTED.value, billed_hash=WorkItem.content_hash, updated_at=utcnow())
+                )
+            self._audit(
+                session,
+                actor,
+                "posted",
+                "invoice_draft",
+                (
+                    (
+                        r.draft_key,
+                        {
+                            "erp": r.erp,
+                            "erp_number": r.erp_number,
+                            "total_minor": r.total_minor,
+                            "already_existed": r.already_existed,
+                        },
+                    )
+                    for r in receipts
+                ),
+            )
+
+    def postings(self, period: str | None = None) -> list[Posting]:
+        query = select(Posting).order_by(Posting.draft_key)
+        if period is not None:
+            query = query.join(InvoiceDraftRow, InvoiceDraftRow.key == Posting.draft_key).where(
+                InvoiceDraftRow.period == period
+            )
+        with Session(self.engine) as session:
+            return list(session.scalars(query))
+
+    def mark_reconciled(self, draft_keys: Sequence[str], actor: str) -> None:
+        with self.session() as session:
+            for chunk in _chunks(list(draft_keys)):
+                session.execute(
+                    update(WorkItem)
+                    .where(
+                        WorkItem.state == WorkState.POSTED.value,
+                        WorkItem.line_id.in_(select(InvoiceLineRow.id).where(InvoiceLineRow.draft_key.in_(chunk))),
+                    )
+                    .values(state=WorkState.RECONCILED.value, updated_at=utcnow())
+                )
+            self._audit(session, actor, "reconciled", "invoice_draft", ((k, None) for k in draft_keys))
+
+    # -- ERP mappings ------------------------------------------------------------------------------
+
+    def erp_mappings(self, erp: str, entity: str) -> dict[str, str]:
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(ErpMapping.local_id, ErpMapping.erp_id).where(ErpMapping.erp == erp, ErpMapping.entity == entity)
+            )
+            return dict(rows.tuples())
+
+    def remember_erp_mapping(self, erp: str, entity: str, local_id: str, erp_id: str) -> None:
+        with self.session() as session:
+            session.add(ErpMapping(erp=erp, entity=entity, local_id=local_id, erp_id=erp_id))
+
+    # -- reports ---------------------------------------------------------------------------------
+
+    def counts(self, period: str) -> dict[str, int]:
+        counts = {name: 0 for name in dict.fromkeys(COUNT_OF_STATE.values())}
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(WorkItem.state, func.count()).where(WorkItem.period == period).group_by(WorkItem.state)
+            )
+            for state, n in rows:
+                counts[COUNT_OF_STATE[WorkState(state)]] += n
+        return counts

@@ -1,0 +1,232 @@
+"""The canonical model every connector maps into and every stage speaks.
+
+Tables of many rows travel as DataFrames whose columns are the fields of these models
+(see ``WORKLOG_COLUMNS`` etc.); single objects (drafts, receipts, settings of a customer)
+travel as these pydantic models. Money is always integer minor units plus a currency.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+
+from billing.money import Rounding, is_currency
+
+PERIOD_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+def previous_month(today: date | None = None) -> str:
+    today = today or datetime.now(UTC).date()
+    first = today.replace(day=1)
+    last_month = date.fromordinal(first.toordinal() - 1)
+    return f"{last_month:%Y-%m}"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_currency(value: str) -> str:
+    if not is_currency(value):
+        raise ValueError(f"unknown currency {value!r} (expected an ISO 4217 code such as EUR or USD)")
+    return value
+
+
+class Money(Model):
+    amount_minor: int
+    currency: str
+
+    _currency = field_validator("currency")(_check_currency)
+
+
+class Customer(Model):
+    customer_id: str
+    name: str
+    currency: str
+    timezone: str = "UTC"
+    erp_ref: str | None = None  # the customer's id in the ERP, when known
+    country: str | None = None
+
+    _currency = field_validator("currency")(_check_currency)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r} (expected an IANA name such as Europe/Berlin)") from None
+        return value
+
+
+class Agreement(Model):
+    agreement_id: str
+    customer_id: str
+    name: str
+    starts_on: date | None = None
+    ends_on: date | None = None
+
+
+class Product(Model):
+    """A billable service; ``service_type`` is what work logs name, ``code`` what the ERP knows."""
+
+    code: str
+    name: str
+    service_type: str
+    erp_ref: str | None = None
+
+
+class Ticket(Model):
+    ticket_id: str
+    customer_id: str
+    subject: str = ""
+    ticket_type: str | None = None
+    priority: str | None = None
+    status: str | None = None
+    created_at: datetime | None = None
+    resolved_at: datetime | None = None
+
+
+class WorkLog(Model):
+    worklog_id: str
+    customer_id: str
+    ticket_id: str | None = None
+    user: str | None = None
+    service_type: str
+    started_at: datetime
+    raw_seconds: int = Field(ge=0)
+    billed_seconds: int | None = Field(default=None, ge=0)
+    billable: bool = True
+    note: str = ""
+
+
+class UsageRecord(Model):
+    record_id: str
+    customer_id: str
+    metric: str
+    quantity: Decimal
+    occurred_on: date
+
+
+class ChargeLine(Model):
+    """One displayed invoice line. ``amount_minor == round(quantity_billed × unit_price_minor)``."""
+
+    work_item_key: str
+    source_id: str
+    customer_id: str
+    agreement_id: str = "default"
+    period: str
+    currency: str
+    service_type: str
+    description: str
+    quantity_raw: Decimal  # hours worked, unrounded
+    quantity_billed: Decimal  # hours billed, at display precision
+    unit_price_minor: int
+    amount_minor: int
+    trace: dict[str, Any] = Field(default_factory=dict)
+
+
+class DraftState(StrEnum):
+    DRAFTED = "drafted"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    POSTED = "posted"
+
+
+def draft_key(customer_id: str, agreement_id: str, period: str, currency: str, version: int) -> str:
+    """The deterministic identity of an invoice draft; also the ERP's external reference."""
+    return f"t2i:{customer_id}:{agreement_id}:{period}:{currency}:v{version}"
+
+
+class InvoiceDraft(Model):
+    customer_id: str
+    agreement_id: str = "default"
+    period: str
+    currency: str
+    version: int = Field(ge=1)
+    lines: tuple[ChargeLine, ...]
+    customer_name: str = ""
+    customer_erp_ref: str | None = None
+    money_rounding: Rounding = Rounding.HALF_UP
+
+    @field_validator("period")
+    @classmethod
+    def _period(cls, value: str) -> str:
+        if not PERIOD_RE.match(value):
+            raise ValueError(f"period {value!r} is not YYYY-MM")
+        return value
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def key(self) -> str:
+        return draft_key(self.customer_id, self.agreement_id, self.period, self.currency, self.version)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_minor(self) -> int:
+        """The sum of the displayed lines, and nothing else."""
+        return sum(line.amount_minor for line in self.lines)
+
+
+class PostingReceipt(Model):
+    draft_key: str
+    erp: str
+    erp_id: str
+    erp_number: str
+    total_minor: int
+    currency: str
+    posted_at: datetime
+    already_existed: bool = False  # found by its key in the ERP instead of created by this call
+
+
+class PostingFailure(Model):
+    draft_key: str
+    erp: str
+    error: str
+
+
+class ApprovalDecision(Model):
+    draft_key: str
+    approved: bool
+    approver: str
+    note: str = ""
+    decided_at: datetime
+
+
+# -- batches ---------------------------------------------------------------------------------------
+# Stages pass whole tables. These are the columns of the work-log table every source produces.
+WORKLOG_COLUMNS: tuple[str, ...] = (
+    "key", "source_system", "instance", "object_type", "source_id", "ticket_id", "customer_id", "user",
+    "service_type", "started_at", "raw_seconds", "billable", "note", "period", "content_hash",
+    "source_file", "source_row",
+)  # fmt: skip
+# Row-level problems found while reading (a value that is not a number, a date that is no date ...).
+ISSUE_COLUMNS: tuple[str, ...] = ("key", "source_file", "source_row", "field", "value", "problem")
+
+
+@dataclass
+class WorkBatch:
+    """What one extraction produced: reference data, work logs of the period, and row-level problems."""
+
+    source_system: str
+    instance: str
+    period: str
+    customers: list[Customer]
+    tickets: pd.DataFrame
+    worklogs: pd.DataFrame
+    issues: pd.DataFrame
+    customer_problems: dict[str, str] = field(default_factory=dict)  # customer_id → why it is unusable
+    notes: list[str] = field(default_factory=list)  # things worth telling the user (ignored columns ...)
+    outside_period: int = 0  # rows that belong to another period and were left alone
+
+    @property
+    def customers_by_id(self) -> dict[str, Customer]:
+        return {c.customer_id: c for c in self.customers}

@@ -1,0 +1,81 @@
+"""Settings from environment variables (``TICKET_TO_INVOICE_*``) and an optional TOML config file.
+
+Precedence: explicit arguments (CLI options) > environment > config file > defaults.
+The config file is ``$TICKET_TO_INVOICE_CONFIG`` or ``./ticket-to-invoice.toml`` when it exists.
+Credentials never live here in plain text: connectors read them from the environment or Prefect blocks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_EXPORT = PROJECT_ROOT / "examples" / "sample-export"
+EXAMPLE_RULES = PROJECT_ROOT / "rules" / "examples" / "demo.yaml"
+
+
+def config_file() -> Path:
+    return Path(os.environ.get("TICKET_TO_INVOICE_CONFIG", "ticket-to-invoice.toml"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TICKET_TO_INVOICE_", extra="ignore")
+
+    home: Path = Field(
+        default=PROJECT_ROOT / "var",
+        description="Folder for the ledger, ERP exports, reports and embedded systems.",
+    )
+    ledger_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the ledger; default: a SQLite file in `home`."
+    )
+    source: Literal["files"] = "files"
+    input_dir: Path = Field(default=SAMPLE_EXPORT, description="Folder of a file-drop export.")
+    rules_file: Path = Field(default=EXAMPLE_RULES, description="Pricing and approval rules (YAML).")
+    erp: Literal["files"] = "files"
+    approve: Literal["auto", "manual"] = "auto"
+    approval_timeout_seconds: int = Field(default=3600, ge=1)
+    period: str | None = Field(default=None, description="YYYY-MM; default: the export's own period.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
+        return (init_settings, env_settings, toml)
+
+    @property
+    def resolved_ledger_url(self) -> str:
+        return self.ledger_url or f"sqlite:///{self.home / 'ledger.db'}"
+
+    @property
+    def erp_files_dir(self) -> Path:
+        return self.home / "erp-files"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings with the given overrides (``None`` values are ignored, so CLI defaults fall through)."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def ensure_home(settings: Settings) -> Path:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return settings.home

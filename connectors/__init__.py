@@ -1,0 +1,1 @@
+"""One module per external system, built from shared parts in ``connectors.base``."""

@@ -1,0 +1,30 @@
+"""What every connector promises, so flows can swap a helpdesk or an ERP by name."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from billing.models import InvoiceDraft, PostingFailure, PostingReceipt, WorkBatch
+
+
+class SourceConnector(Protocol):
+    """A ticketing or service system we extract billable work from."""
+
+    system: str
+
+    def extract(self, period: str | None) -> WorkBatch: ...
+
+
+class ErpConnector(Protocol):
+    """An ERP that receives invoices. ``post`` must be idempotent by the draft's key."""
+
+    name: str
+
+    def find(self, draft_key: str) -> PostingReceipt | None: ...
+
+    def post(self, drafts: Sequence[InvoiceDraft]) -> tuple[list[PostingReceipt], list[PostingFailure]]: ...
+
+    def read_back(self, draft_keys: Sequence[str]) -> dict[str, list[PostingReceipt]]:
+        """Every ERP invoice carrying each key (more than one means a duplicate)."""
+        ...

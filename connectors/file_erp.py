@@ -1,0 +1,152 @@
+"""File-export ERP: each invoice as a JSON document plus, per period, a CSV import file.
+
+The layout an ERP's import expects::
+
+    <folder>/<period>/<customer>-<agreement>-<currency>-v<version>.json   one invoice, named by its key
+    <folder>/<period>/import.csv                                          every line of the period's invoices
+    <folder>/sequence.json                                                the last invoice number issued
+
+Posting is idempotent by the draft's key: the JSON file is the commit point, written atomically, and an
+existing file for the key is returned instead of written again. Writers are serialized by a file lock, so
+two runs never issue the same number. A crash after a number is taken but before the file is written leaves
+a gap in the numbering, never a duplicate.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from billing.models import InvoiceDraft, PostingFailure, PostingReceipt
+from billing.money import to_decimal
+
+IMPORT_COLUMNS = (
+    "invoice_number", "external_reference", "invoice_date", "customer_ref", "customer_name", "currency",
+    "line_no", "description", "quantity", "unit_price", "line_amount", "invoice_total",
+)  # fmt: skip
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class FileErp:
+    name = "files"
+
+    def __init__(self, folder: Path | str) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, draft_key: str) -> Path:
+        _, customer, agreement, period, currency, version = draft_key.split(":")
+        return self.folder / period / f"{customer}-{agreement}-{currency}-{version}.json"
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        with (self.folder / ".lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _next_number(self, year: str) -> str:
+        sequence_file = self.folder / "sequence.json"
+        sequences = json.loads(sequence_file.read_text()) if sequence_file.exists() else {}
+        sequences[year] = sequences.get(year, 0) + 1
+        _write_atomically(sequence_file, json.dumps(sequences, indent=2) + "\n")
+        return f"INV-{year}-{sequences[year]:05d}"
+
+    @staticmethod
+    def _receipt(document: dict[str, Any], already_existed: bool) -> PostingReceipt:
+        return PostingReceipt(
+            draft_key=document["external_reference"], erp="files", erp_id=document["number"],
+            erp_number=document["number"], total_minor=document["total_minor"], currency=document["currency"],
+            posted_at=datetime.fromisoformat(document["posted_at"]), already_existed=already_existed,
+        )  # fmt: skip
+
+    def find(self, draft_key: str) -> PostingReceipt | None:
+        path = self._path(draft_key)
+        if not path.exists():
+            return None
+        return self._receipt(json.loads(path.read_text(encoding="utf-8")), already_existed=True)
+
+    def post(self, drafts: Sequence[InvoiceDraft]) -> tuple[list[PostingReceipt], list[PostingFailure]]:
+        receipts: list[PostingReceipt] = []
+        failures: list[PostingFailure] = []
+        with self._lock():
+            for draft in drafts:
+                try:
+                    receipts.append(self.find(draft.key) or self._write(draft))
+                except OSError as exc:
+                    failures.append(PostingFailure(draft_key=draft.key, erp=self.name, error=str(exc)))
+            for period in sorted({d.period for d in drafts}):
+                self._write_import_csv(period)
+        return receipts, failures
+
+    def _write(self, draft: InvoiceDraft) -> PostingReceipt:
+        now = datetime.now(UTC)
+        cur = draft.currency
+        document = {
+            "external_reference": draft.key,
+            "number": self._next_number(draft.period[:4]),
+            "posted_at": now.isoformat(),
+            "invoice_date": now.date().isoformat(),
+            "period": draft.period,
+            "customer": {"id": draft.customer_id, "name": draft.customer_name, "erp_ref": draft.customer_erp_ref},
+            "agreement": draft.agreement_id,
+            "currency": cur,
+            "lines": [
+                {"line_no": no, "source_id": line.source_id, "description": line.description,
+                 "quantity": str(line.quantity_billed), "unit_price": str(to_decimal(line.unit_price_minor, cur)),
+                 "amount": str(to_decimal(line.amount_minor, cur)), "amount_minor": line.amount_minor}
+                for no, line in enumerate(draft.lines, start=1)
+            ],
+            "total": str(to_decimal(draft.total_minor, cur)),
+            "total_minor": draft.total_minor,
+        }  # fmt: skip
+        path = self._path(draft.key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        return self._receipt(document, already_existed=False)
+
+    def documents(self, period: str) -> list[dict[str, Any]]:
+        folder = self.folder / period
+        if not folder.is_dir():
+            return []
+        return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+
+    def _write_import_csv(self, period: str) -> None:
+        # Rebuilt from the invoice documents each time, so it can never disagree with them.
+        path = self.folder / period / "import.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".import.csv.tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(IMPORT_COLUMNS)
+            for doc in self.documents(period):
+                for line in doc["lines"]:
+                    writer.writerow([
+                        doc["number"], doc["external_reference"], doc["invoice_date"],
+                        doc["customer"]["erp_ref"] or doc["customer"]["id"], doc["customer"]["name"],
+                        doc["currency"], line["line_no"], line["description"], line["quantity"],
+                        line["unit_price"], line["amount"], doc["total"],
+                    ])  # fmt: skip
+        os.replace(tmp, path)
+
+    def read_back(self, draft_keys: Sequence[str]) -> dict[str, list[PostingReceipt]]:
+        found: dict[str, list[PostingReceipt]] = {key: [] for key in draft_keys}
+        for period in {key.split(":")[3] for key in draft_keys}:
+            for doc in self.documents(period):
+                if doc["external_reference"] in found:
+                    found[doc["external_reference"]].append(self._receipt(doc, already_existed=True))
+        return found

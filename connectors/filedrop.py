@@ -1,0 +1,334 @@
+"""File-drop source: a folder of CSV or JSON exports from a helpdesk.
+
+The folder holds ``customers``, ``tickets`` and ``worklogs``, each as ``.csv`` (UTF-8, header row) or
+``.json`` (an array of objects, or JSON Lines as ``.jsonl``), and optionally ``manifest.json`` with
+``{"instance": ..., "period": "YYYY-MM"}``. The columns are documented in README.md ("The file-drop
+export"). A file that cannot be read at all is an ``InputError`` naming the file, row and field; a row
+with a bad value is kept and reported in ``WorkBatch.issues`` so the validate stage quarantines it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import ValidationError
+
+from billing.errors import ConfigurationError, InputError
+from billing.models import ISSUE_COLUMNS, PERIOD_RE, WORKLOG_COLUMNS, Customer, WorkBatch, previous_month
+
+SYSTEM = "files"
+
+
+@dataclass(frozen=True)
+class EntitySchema:
+    name: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+
+CUSTOMERS = EntitySchema("customers", ("customer_id", "name", "currency"), ("timezone", "erp_ref", "country"))
+TICKETS = EntitySchema(
+    "tickets",
+    ("ticket_id", "customer_id"),
+    ("subject", "ticket_type", "priority", "status", "created_at", "resolved_at"),
+)
+WORKLOGS = EntitySchema(
+    "worklogs",
+    ("worklog_id", "customer_id", "service_type", "started_at", "duration_minutes"),
+    ("ticket_id", "user", "billable", "note"),
+)
+TRUE_WORDS = {"true", "yes", "y", "1", ""}  # an empty "billable" means billable
+FALSE_WORDS = {"false", "no", "n", "0"}
+
+
+def _first_non_utf8_line(path: Path) -> tuple[int, int]:
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return number, line[exc.start]
+    return 0, 0
+
+
+def _find(folder: Path, entity: EntitySchema) -> Path:
+    candidates = [folder / f"{entity.name}{ext}" for ext in (".csv", ".json", ".jsonl")]
+    found = [p for p in candidates if p.exists()]
+    if not found:
+        raise InputError(folder, f"no {entity.name} file: expected one of " + ", ".join(p.name for p in candidates))
+    if len(found) > 1:
+        raise InputError(folder, f"both {found[0].name} and {found[1].name} exist: keep one")
+    return found[0]
+
+
+def _read_json_records(path: Path, text: str, entity: EntitySchema) -> list[dict[str, Any]]:
+    if path.suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise InputError(path, f"not valid JSON: {exc.msg} (column {exc.colno})", row=number) from None
+        data: Any = records
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(path, f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+        if isinstance(data, dict) and isinstance(data.get(entity.name), list):
+            data = data[entity.name]
+    if not isinstance(data, list):
+        raise InputError(path, f"expected a JSON array of {entity.name} objects, found {type(data).__name__}")
+    for number, item in enumerate(data, start=1):
+        if not isinstance(item, dict):
+            raise InputError(path, f"expected an object, found {type(item).__name__}", row=number)
+    return data
+
+
+def read_table(path: Path, entity: EntitySchema) -> tuple[pd.DataFrame, list[str]]:
+    """The file as a table of strings, with a ``source_row`` column; and notes about ignored columns."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise InputError(path, "the file is empty", hint=f"export the {entity.name} again")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        line, byte = _first_non_utf8_line(path)
+        raise InputError(path, f"not UTF-8 text (byte 0x{byte:02x}); save the export as UTF-8", row=line) from None
+
+    if path.suffix == ".csv":
+        try:
+            frame = pd.read_csv(StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
+        except pd.errors.ParserError as exc:
+            raise InputError(path, f"not a well-formed CSV file: {exc}".replace("\n", " ")) from None
+        frame.columns = [str(c).strip() for c in frame.columns]
+        first_row = 2  # spreadsheet numbering: the header is row 1
+    else:
+        records = _read_json_records(path, text, entity)
+        frame = pd.DataFrame.from_records(records)
+        for column in frame.columns:  # keep every value as text, as from a CSV, for one coercion path
+            frame[column] = frame[column].map(
+                lambda v: (
+                    ""
+                    if v is None
+                    else (
+                        json.dumps(v)
+                        if isinstance(v, dict | list)
+                        else str(v).lower()
+                        if isinstance(v, bool)
+                        else str(v)
+                    )
+                )
+            )
+        first_row = 1
+    if frame.empty and len(frame.columns) == 0:
+        raise InputError(path, "the file has no rows")
+
+    missing = [c for c in entity.required if c not in frame.columns]
+    if missing:
+        raise InputError(
+            path,
+            f"missing column(s) {', '.join(missing)}",
+            hint=f"{entity.name} needs the columns: {', '.join(entity.required)} "
+            f"(optional: {', '.join(entity.optional)})",
+        )
+    extra = [c for c in frame.columns if c not in entity.columns]
+    notes = [f"{path.name}: ignored unknown column(s) {', '.join(extra)}"] if extra else []
+    for column in entity.optional:
+        if column not in frame.columns:
+            frame[column] = ""
+    frame = frame[list(entity.columns)].apply(lambda col: col.str.strip())
+    frame["source_row"] = np.arange(first_row, first_row + len(frame))
+    return frame, notes
+
+
+def _issues(mask: pd.Series, frame: pd.DataFrame, field: str, problem: str, path: Path) -> pd.DataFrame:
+    bad = frame.loc[mask]
+    return pd.DataFrame({
+        "key": bad["key"], "source_file": path.name, "source_row": bad["source_row"],
+        "field": field, "value": bad[field], "problem": problem,
+    })  # fmt: skip
+
+
+def _local_period(started_at: pd.Series, timezones: pd.Series) -> pd.Series:
+    """YYYY-MM of each timestamp in its own timezone (vectorized per distinct zone)."""
+    period = pd.Series(pd.NA, index=started_at.index, dtype="object")
+    for zone, index in timezones.groupby(timezones).groups.items():
+        local = started_at.loc[index].dt.tz_convert(str(zone))
+        period.loc[index] = local.dt.strftime("%Y-%m")
+    return period
+
+
+class FileDropSource:
+    """Reads a file-drop export folder into a ``WorkBatch``."""
+
+    system = SYSTEM
+
+    def __init__(self, folder: Path | str, instance: str | None = None) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise ConfigurationError(
+                f"input folder {self.folder} does not exist",
+                hint="pass --input DIR with a folder of customers, tickets and worklogs files",
+            )
+        self.manifest = self._read_manifest()
+        self.instance = instance or self.manifest.get("instance") or self.folder.name
+
+    def _read_manifest(self) -> dict[str, Any]:
+        path = self.folder / "manifest.json"
+        if not path.exists():
+            return {}
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(path, f"not valid JSON: {exc}") from None
+        if not isinstance(manifest, dict):
+            raise InputError(path, "expected a JSON object")
+        return manifest
+
+    def default_period(self) -> str:
+        """The manifest's period, else last calendar month (what a monthly schedule bills)."""
+        period = self.manifest.get("period")
+        if not period:
+            return previous_month()
+        if not isinstance(period, str) or not PERIOD_RE.match(period):
+            raise InputError(self.folder / "manifest.json", f"period {period!r} is not YYYY-MM", field="period")
+        return period
+
+    def extract(self, period: str | None = None) -> WorkBatch:
+        period = period or self.default_period()
+        notes: list[str] = []
+        customers, customer_problems = self._customers(notes)
+        tickets_path = _find(self.folder, TICKETS)
+        tickets, more = read_table(tickets_path, TICKETS)
+        notes += more
+        for column in ("created_at", "resolved_at"):
+            tickets[column] = pd.to_datetime(
+                tickets[column].replace("", None), utc=True, errors="coerce", format="ISO8601"
+            )
+        worklogs, issues, outside = self._worklogs(period, customers, notes)
+        return WorkBatch(
+            source_system=SYSTEM, instance=self.instance, period=period, customers=customers,
+            tickets=tickets, worklogs=worklogs, issues=issues, customer_problems=customer_problems,
+            notes=notes, outside_period=outside,
+        )  # fmt: skip
+
+    def _customers(self, notes: list[str]) -> tuple[list[Customer], dict[str, str]]:
+        path = _find(self.folder, CUSTOMERS)
+        frame, more = read_table(path, CUSTOMERS)
+        notes += more
+        customers, problems = [], {}
+        for row in frame.to_dict("records"):  # tens of customers: a loop is clear and cheap here
+            values = {k: v for k, v in row.items() if k != "source_row" and v != ""}
+            values.setdefault("timezone", "UTC")
+            try:
+                customers.append(Customer(**values))
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                field = ".".join(str(p) for p in error["loc"])
+                problems[row["customer_id"]] = (
+                    f"customer {row['customer_id']!r} is unusable: {field}: "
+                    f"{error['msg']} ({path.name} row {row['source_row']})"
+                )
+        return customers, problems
+
+    def _worklogs(
+        self, period: str, customers: list[Customer], notes: list[str]
+    ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+        path = _find(self.folder, WORKLOGS)
+        frame, more = read_table(path, WORKLOGS)
+        notes += more
+        ids = frame["worklog_id"]
+        # A row without an id still gets a key of its own (file and row), so it is tracked and quarantined.
+        frame["key"] = np.where(
+            ids != "",
+            f"{SYSTEM}:{self.instance}:worklog:" + ids,
+            f"{SYSTEM}:{self.instance}:worklog:@{path.name}:" + frame["source_row"].astype(str),
+        )
+        problems = [_issues(ids == "", frame, "worklog_id", "worklog_id is empty", path)]
+
+        started = pd.to_datetime(frame["started_at"].replace("", None), utc=True, errors="coerce", format="ISO8601")
+        problems.append(
+            _issues(
+                started.isna() & (frame["started_at"] != ""),
+                frame,
+                "started_at",
+                "started_at is not an ISO 8601 timestamp",
+                path,
+            )
+        )
+        minutes = pd.to_numeric(frame["duration_minutes"].replace("", None), errors="coerce")
+        problems.append(
+            _issues(
+                minutes.isna() & (frame["duration_minutes"] != ""),
+                frame,
+                "duration_minutes",
+                "duration_minutes is not a number of minutes",
+                path,
+            )
+        )
+        billable_text = frame["billable"].str.lower()
+        problems.append(
+            _issues(
+                ~billable_text.isin(TRUE_WORDS | FALSE_WORDS),
+                frame,
+                "billable",
+                "billable is not true or false",
+                path,
+            )
+        )
+
+        zone_of = {c.customer_id: c.timezone for c in customers}
+        zones = frame["customer_id"].map(zone_of).fillna("UTC")
+        local_period = _local_period(started, zones).fillna(period)  # an unreadable date stays in this run
+        in_period = local_period == period
+        frame = frame.loc[in_period]
+        started, minutes, billable_text = started[in_period], minutes[in_period], billable_text[in_period]
+
+        worklogs = pd.DataFrame({
+            "key": frame["key"],
+            "source_system": SYSTEM,
+            "instance": self.instance,
+            "object_type": "worklog",
+            "source_id": frame["worklog_id"],
+            "ticket_id": frame["ticket_id"].replace("", None),
+            "customer_id": frame["customer_id"].replace("", None),
+            "user": frame["user"].replace("", None),
+            "service_type": frame["service_type"].replace("", None),
+            "started_at": started,
+            # Whole seconds; durations are not money, and minutes → seconds is exact for real inputs.
+            "raw_seconds": np.rint(minutes * 60).astype("Int64"),
+            "billable": ~billable_text.isin(FALSE_WORDS),
+            "note": frame["note"],
+            "period": period,
+            "source_file": path.name,
+            "source_row": frame["source_row"],
+        })  # fmt: skip
+        hashed = worklogs[
+            [
+                "source_id",
+                "ticket_id",
+                "customer_id",
+                "user",
+                "service_type",
+                "started_at",
+                "raw_seconds",
+                "billable",
+                "note",
+            ]
+        ].astype(str)
+        worklogs["content_hash"] = pd.util.hash_pandas_object(hashed, index=False).map("{:016x}".format)
+        worklogs = worklogs[list(WORKLOG_COLUMNS)].reset_index(drop=True)
+        issues = pd.concat(problems, ignore_index=True)
+        issues = issues[issues["key"].isin(worklogs["key"])].reset_index(drop=True)[list(ISSUE_COLUMNS)]
+        return worklogs, issues, int((~in_period).sum())

@@ -1,0 +1,45 @@
+"""extract → validate → price → draft → await approval → post → reconcile, for one billing period."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect import flow
+
+from billing.settings import load_settings
+from tasks.approve import approval_policy, ask_a_human
+from tasks.extract import extract, resolve_period
+from tasks.post import post
+from tasks.price import draft, price_stage
+from tasks.reconcile import period_summary, publish, reconcile
+from tasks.validate import validate
+
+
+@flow(name="ticket-to-invoice", log_prints=True)
+def ticket_to_invoice(
+    period: str | None = None,
+    source: Literal["files"] | None = None,
+    input_dir: str | None = None,
+    erp: Literal["files"] | None = None,
+    rules: str | None = None,
+    approve: Literal["auto", "manual"] | None = None,
+) -> dict[str, Any]:
+    """Bill one period's work. Parameters left empty come from settings (environment, config file, defaults)."""
+    settings = load_settings(period=period, source=source, input_dir=input_dir, erp=erp, rules_file=rules,
+                             approve=approve)
+    period = resolve_period(settings)
+
+    batch = extract(settings, period)
+    valid = validate(settings, batch)
+    lines = price_stage(settings, batch, valid)
+    drafts = draft(settings, batch, lines)
+    for_a_human = approval_policy(settings, drafts)
+    ask_a_human(settings, for_a_human)
+    receipts, failures = post(settings, period)
+    report = reconcile(settings, period)
+
+    summary = period_summary(settings, period, sum(not r.already_existed for r in receipts), failures)
+    summary["reconcile"] = report.as_dict()
+    summary["notes"] = batch.notes
+    publish(summary, report)
+    return summary

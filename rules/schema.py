@@ -1,0 +1,182 @@
+"""The rule-file schema (pydantic) and its loader, whose errors name the file, the path and the line."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from billing.errors import InputError
+from billing.money import Rounding, is_currency
+
+HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _currency_keys(value: dict[str, Any]) -> dict[str, Any]:
+    for code in value:
+        if not is_currency(code):
+            raise ValueError(f"unknown currency {code!r} (expected an ISO 4217 code such as EUR)")
+    return value
+
+
+class CurrencyPolicy(Strict):
+    rounding: Rounding = Field(Rounding.HALF_UP, description="How amounts in this currency are rounded.")
+
+
+class TimeRounding(Strict):
+    """How worked time becomes billed time. Scope ``worklog``: each work log is rounded on its own."""
+
+    scope: Literal["worklog"] = "worklog"
+    increment_minutes: int = Field(15, ge=1, le=1440)
+    minimum_minutes: int = Field(0, ge=0, le=1440)
+    mode: Literal["up", "nearest", "down"] = "up"
+
+
+class Service(Strict):
+    name: str
+    billable: bool = True
+    rates: dict[str, Decimal] = Field(default_factory=dict, description="Hourly rate per currency.")
+
+    _currencies = field_validator("rates")(_currency_keys)
+
+    @field_validator("rates")
+    @classmethod
+    def _non_negative(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        for code, rate in value.items():
+            if rate < 0:
+                raise ValueError(f"rate for {code} is negative")
+        return value
+
+
+class CustomerRate(Strict):
+    """A customer's own hourly rate for a service, in the customer's currency."""
+
+    customer: str
+    service: str
+    rate: Decimal = Field(ge=0)
+
+
+class BusinessHours(Strict):
+    start: str = "08:00"
+    end: str = "18:00"
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        if not HHMM.match(value):
+            raise ValueError(f"{value!r} is not a time of day as HH:MM")
+        return value
+
+    def minutes(self) -> tuple[int, int]:
+        (sh, sm), (eh, em) = (map(int, self.start.split(":")), map(int, self.end.split(":")))
+        return sh * 60 + sm, eh * 60 + em
+
+
+class Multiplier(Strict):
+    multiplier: Decimal = Field(gt=0, le=10)
+
+
+class AfterHours(Multiplier):
+    business_hours: BusinessHours = BusinessHours()
+
+
+class Modifiers(Strict):
+    """Surcharges by when the work was done, in the customer's timezone. The highest one applies."""
+
+    after_hours: AfterHours | None = None
+    weekend: Multiplier | None = None
+
+
+class NonBillableRule(Strict):
+    id: str
+    description: str = ""
+    when: dict[Literal["billable", "service_type"], bool | str | list[str]]
+
+
+class Approval(Strict):
+    auto_approve_below: dict[str, Decimal] = Field(
+        default_factory=dict, description="Drafts with a total below this (per currency) approve themselves."
+    )
+    timeout_seconds: int = Field(3600, ge=1)
+
+    _currencies = field_validator("auto_approve_below")(_currency_keys)
+
+
+class RuleSet(Strict):
+    version: Literal[1] = 1
+    name: str
+    currencies: dict[str, CurrencyPolicy] = Field(default_factory=dict)
+    rounding: TimeRounding = TimeRounding()
+    services: dict[str, Service]
+    customer_rates: list[CustomerRate] = Field(default_factory=list)
+    modifiers: Modifiers = Modifiers()
+    non_billable: list[NonBillableRule] = Field(default_factory=list)
+    approval: Approval = Approval()
+
+    _currencies = field_validator("currencies")(_currency_keys)
+
+    @model_validator(mode="after")
+    def _services_exist(self) -> RuleSet:
+        for number, rate in enumerate(self.customer_rates):
+            if rate.service not in self.services:
+                raise ValueError(
+                    f"customer_rates[{number}]: unknown service {rate.service!r} "
+                    f"(known: {', '.join(sorted(self.services))})"
+                )
+        return self
+
+    def money_rounding(self, currency: str) -> Rounding:
+        policy = self.currencies.get(currency)
+        return policy.rounding if policy else Rounding.HALF_UP
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the YAML node at ``loc`` (as deep as the path goes)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def load_rules(path: Path | str) -> RuleSet:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "rules file not found", hint="pass --rules FILE (see rules/examples/)")
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise InputError(path, "not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise InputError(
+            path, f"not valid YAML: {getattr(exc, 'problem', exc)}", row=mark.line + 1 if mark else None
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError(path, "expected a mapping at the top (name:, services:, ...)")
+    try:
+        return RuleSet.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        where = ".".join(str(p) for p in loc) or "(top)"
+        message = error["msg"].removeprefix("Value error, ")
+        more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+        raise InputError(path, f"{message}{more}", row=_line_of(node, loc), field=where) from None

@@ -1,0 +1,1 @@
+"""One module per stage. Each stage is a plain function over a batch, wrapped by a thin Prefect task."""

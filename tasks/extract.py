@@ -1,0 +1,46 @@
+"""Extract: read the source's work for a period and record every work item in the ledger."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from billing.ledger import Ledger
+from billing.models import WorkBatch
+from billing.settings import Settings
+from connectors.base import SourceConnector
+from connectors.filedrop import FileDropSource
+
+
+def make_source(settings: Settings) -> SourceConnector:
+    if settings.source == "files":
+        return FileDropSource(settings.input_dir)
+    raise ValueError(f"unknown source {settings.source!r}")
+
+
+def resolve_period(settings: Settings) -> str:
+    return settings.period or make_source(settings).default_period()
+
+
+def extract_work(settings: Settings, period: str) -> WorkBatch:
+    """The period's work logs, less those already billed; all of them are remembered in the ledger."""
+    batch = make_source(settings).extract(period)
+    ledger = Ledger(settings.resolved_ledger_url)
+    # One work item per natural key: a repeated id is one item (quarantined by validation as a duplicate).
+    seen = ledger.register(batch.worklogs.drop_duplicates("key"), actor=f"extract:{batch.source_system}")
+    todo = set(seen.loc[seen["process"], "key"])
+    already = int((~seen["process"]).sum())
+    changed = int(seen["changed_after_billing"].sum())
+    notes = list(batch.notes)
+    if already:
+        notes.append(f"{already} work log(s) already billed: skipped")
+    if changed:
+        notes.append(f"{changed} work log(s) changed after they were billed: reported for correction")
+    worklogs = batch.worklogs[batch.worklogs["key"].isin(todo)].reset_index(drop=True)
+    issues = batch.issues[batch.issues["key"].isin(todo)].reset_index(drop=True)
+    return replace(batch, worklogs=worklogs, issues=issues, notes=notes)
+
+
+extract = task(extract_work, name="extract", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

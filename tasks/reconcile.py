@@ -1,0 +1,136 @@
+"""Reconcile: read the posted invoices back from the ERP, compare with the ledger to the cent, and report."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from billing.ledger import Ledger, WorkState
+from billing.money import format_money
+from billing.settings import Settings
+from tasks.post import make_erp
+
+UNBILLED_STATES = (WorkState.EXTRACTED, WorkState.PRICED, WorkState.DRAFTED, WorkState.APPROVED)
+
+
+@dataclass
+class ReconcileReport:
+    period: str
+    invoices: list[dict[str, Any]] = field(default_factory=list)
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    unbilled: list[str] = field(default_factory=list)
+    changed_after_billing: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def reconcile_period(settings: Settings, period: str) -> ReconcileReport:
+    ledger = Ledger(settings.resolved_ledger_url)
+    erp = make_erp(settings)
+    postings = ledger.postings(period)
+    found = erp.read_back([p.draft_key for p in postings])
+    report = ReconcileReport(period=period)
+    matched = []
+    for posting in postings:
+        in_erp = found.get(posting.draft_key, [])
+        erp_total = in_erp[0].total_minor if in_erp else None
+        status = "ok"
+        if not in_erp:
+            status = "missing_in_erp"
+        elif len(in_erp) > 1:
+            status = "duplicate"
+            report.duplicates.append({"key": posting.draft_key, "erp_numbers": [r.erp_number for r in in_erp]})
+        elif erp_total != posting.total_minor:
+            status = "mismatch"
+        if status in ("missing_in_erp", "mismatch"):
+            report.mismatches.append(
+                {
+                    "key": posting.draft_key,
+                    "total_minor": posting.total_minor,
+                    "erp_total_minor": erp_total,
+                    "status": status,
+                }
+            )
+        if status == "ok":
+            matched.append(posting.draft_key)
+        report.invoices.append(
+            {
+                "key": posting.draft_key,
+                "erp_number": posting.erp_number,
+                "total_minor": posting.total_minor,
+                "erp_total_minor": erp_total,
+                "currency": posting.currency,
+                "status": status,
+            }
+        )
+    ledger.mark_reconciled(matched, actor=f"reconcile:{erp.name}")
+    items = ledger.work_items(period)
+    report.unbilled = sorted(items.loc[items["state"].isin([s.value for s in UNBILLED_STATES]), "key"])
+    flagged = items["details"].map(lambda d: bool(d and d.get("changed_after_billing")))
+    report.changed_after_billing = sorted(items.loc[flagged, "key"])
+    return report
+
+
+def period_summary(settings: Settings, period: str, new_postings: int, failures: list[Any]) -> dict[str, Any]:
+    """The run's answer (``--json``): every invoice of the period, quarantines, counts by final state."""
+    ledger = Ledger(settings.resolved_ledger_url)
+    numbers = {p.draft_key: p.erp_number for p in ledger.postings(period)}
+    states = ledger.draft_states(d.key for d in ledger.drafts(period))
+    invoices = [
+        {"key": d.key, "customer": d.customer_id, "customer_name": d.customer_name, "period": d.period,
+         "currency": d.currency, "version": d.version, "total_minor": d.total_minor,
+         "status": states[d.key].value, "erp_number": numbers.get(d.key),
+         "lines": [{"source_id": line.source_id, "description": line.description,
+                    "quantity": str(line.quantity_billed), "unit_price_minor": line.unit_price_minor,
+                    "amount_minor": line.amount_minor} for line in d.lines]}
+        for d in ledger.drafts(period)
+    ]  # fmt: skip
+    items = ledger.work_items(period)
+    quarantined = items[items["state"] == WorkState.QUARANTINED.value]
+    non_billable = items[items["state"] == WorkState.NON_BILLABLE.value]
+    return {
+        "period": period,
+        "invoices": invoices,
+        "quarantined": [{"source_id": r.source_id, "reason": r.reason} for r in quarantined.itertuples()],
+        "non_billable": [{"source_id": r.source_id, "rule": r.reason} for r in non_billable.itertuples()],
+        "counts": ledger.counts(period),
+        "work_items_total": len(items),
+        "new_postings": new_postings,
+        "posting_failures": [f.model_dump() for f in failures],
+    }
+
+
+def publish(summary: dict[str, Any], report: ReconcileReport) -> None:
+    """The invoice summary and the reconciliation as artifacts in the Prefect UI."""
+    period = summary["period"]
+    create_table_artifact(
+        key=f"invoices-{period.replace('-', '')}",
+        table=[{"invoice": i["erp_number"] or "(not posted)", "customer": i["customer_name"] or i["customer"],
+                "status": i["status"], "lines": len(i["lines"]),
+                "total": format_money(i["total_minor"], i["currency"])} for i in summary["invoices"]],
+        description=f"Invoices of {period}",
+    )  # fmt: skip
+    counts = summary["counts"]
+    quarantined = "\n".join(f"- `{q['source_id']}`: {q['reason']}" for q in summary["quarantined"][:20]) or "- none"
+    create_markdown_artifact(
+        key=f"run-summary-{period.replace('-', '')}",
+        markdown=(
+            f"## Billing {period}\n\n"
+            f"{summary['work_items_total']} work items: {counts['billed']} billed, {counts['non_billable']} "
+            f"non-billable, {counts['quarantined']} quarantined, {counts['pending_approval']} pending approval, "
+            f"{counts['pending_posting']} pending posting. New postings this run: {summary['new_postings']}.\n\n"
+            f"Reconciliation: {len(report.mismatches)} mismatches, {len(report.duplicates)} duplicates, "
+            f"{len(report.unbilled)} unbilled, {len(report.changed_after_billing)} changed after billing.\n\n"
+            f"### Quarantined\n{quarantined}\n"
+        ),
+        description=f"Billing run summary for {period}",
+    )
+
+
+reconcile = task(reconcile_period, name="reconcile", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
