@@ -95,7 +95,9 @@ def run(
             period=period, source=source, input_dir=input_dir, erp=erp, rules_file=rules, approve=approve
         )
         _prepare_prefect(settings)
-        from flows.ticket_to_invoice import ticket_to_invoice
+        from flows.ticket_to_invoice import preflight, ticket_to_invoice
+
+        preflight(settings)  # a user's mistake is an error message here, not a failed run with a traceback
 
         # Prefect logs to the console; with --json, stdout carries the JSON object alone.
         redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()

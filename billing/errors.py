@@ -25,9 +25,12 @@ class InputError(UserFacingError):
         row: int | None = None,
         field: str | None = None,
         hint: str | None = None,
+        line: int | None = None,
     ) -> None:
-        self.path, self.row, self.field, self.problem = Path(path), row, field, problem
+        self.path, self.row, self.field, self.problem, self.line = Path(path), row, field, problem, line
         where = str(path)
+        if line is not None:
+            where += f", line {line}"
         if row is not None:
             where += f", row {row}"
         if field is not None:

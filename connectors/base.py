@@ -13,6 +13,12 @@ class SourceConnector(Protocol):
 
     system: str
 
+    def default_period(self) -> str: ...
+
+    def check(self) -> None:
+        """Raise ``UserFacingError`` for input that cannot be read at all (before a flow run starts)."""
+        ...
+
     def extract(self, period: str | None) -> WorkBatch: ...
 
 

@@ -104,7 +104,7 @@ def read_table(path: Path, entity: EntitySchema) -> tuple[pd.DataFrame, list[str
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         line, byte = _first_non_utf8_line(path)
-        raise InputError(path, f"not UTF-8 text (byte 0x{byte:02x}); save the export as UTF-8", row=line) from None
+        raise InputError(path, f"not UTF-8 text (byte 0x{byte:02x}); save the export as UTF-8", line=line) from None
 
     if path.suffix == ".csv":
         try:
@@ -204,6 +204,11 @@ class FileDropSource:
         if not isinstance(period, str) or not PERIOD_RE.match(period):
             raise InputError(self.folder / "manifest.json", f"period {period!r} is not YYYY-MM", field="period")
         return period
+
+    def check(self) -> None:
+        """Read every file once, so an unreadable one is reported before a run starts."""
+        for entity in (CUSTOMERS, TICKETS, WORKLOGS):
+            read_table(_find(self.folder, entity), entity)
 
     def extract(self, period: str | None = None) -> WorkBatch:
         period = period or self.default_period()

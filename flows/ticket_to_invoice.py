@@ -6,9 +6,10 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from billing.settings import load_settings
+from billing.settings import Settings, load_settings
+from rules.schema import load_rules
 from tasks.approve import approval_policy, ask_a_human
-from tasks.extract import extract, resolve_period
+from tasks.extract import extract, make_source, resolve_period
 from tasks.post import post
 from tasks.price import draft, price_stage
 from tasks.reconcile import period_summary, publish, reconcile
@@ -43,3 +44,9 @@ def ticket_to_invoice(
     summary["notes"] = batch.notes
     publish(summary, report)
     return summary
+
+
+def preflight(settings: Settings) -> None:
+    """Check the rules and the source's files before a run, so mistakes are reported plainly."""
+    load_rules(settings.rules_file)
+    make_source(settings).check()

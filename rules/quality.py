@@ -107,6 +107,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _shown(column: str, value: Any) -> str:
+    """A failing value as the user wrote it: durations in minutes, empty as (empty)."""
+    value = _plain(value)
+    if value is None:
+        return "(empty)"
+    if column == "raw_seconds":
+        return f"{value / 60:g}"
+    return repr(value)
+
+
 def validate_worklogs(
     worklogs: pd.DataFrame,
     issues: pd.DataFrame,
@@ -131,6 +141,7 @@ def validate_worklogs(
     parse_fields = {(i["key"], i["field"]) for _, i in issues.iterrows()}
     failed_per_check: dict[str, int] = defaultdict(int)
     column_of_field = {"raw_seconds": "duration_minutes"}
+    rows_of_key = frame.groupby("key")["source_row"].agg(list).to_dict() if len(frame) else {}
     for row, failed in failures.items():
         record = frame.iloc[row]
         key = record["key"]
@@ -140,11 +151,12 @@ def validate_worklogs(
             field = column_of_field.get(check.expectation.column, check.expectation.column)
             if (key, field) in parse_fields:  # already explained by the parse problem
                 continue
-            says = check.says
-            if check.says == "unknown customer" and value in customer_problems:
-                says = customer_problems[value]
-            shown = f"{value!r}" if check.column != "source_id" else repr(record["source_id"])
-            reasons[key].append(f"{says}: {field}={shown} ({where})")
+            if check.column == "source_id":  # a repeated id: one reason naming every row it is on
+                rows = " and ".join(str(r) for r in rows_of_key[key])
+                reasons[key].append(f"{check.says}: {record['source_id']} ({record['source_file']} rows {rows})")
+            else:
+                says = customer_problems.get(value, check.says) if check.says == "unknown customer" else check.says
+                reasons[key].append(f"{says}: {field}={_shown(check.expectation.column, value)} ({where})")
             details[key].append({"field": field, "value": _plain(value), "check": check.expectation.expectation_type})
 
     bad = frame["key"].isin(reasons.keys())

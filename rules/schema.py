@@ -167,7 +167,7 @@ def load_rules(path: Path | str) -> RuleSet:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise InputError(
-            path, f"not valid YAML: {getattr(exc, 'problem', exc)}", row=mark.line + 1 if mark else None
+            path, f"not valid YAML: {getattr(exc, 'problem', exc)}", line=mark.line + 1 if mark else None
         ) from None
     if not isinstance(data, dict):
         raise InputError(path, "expected a mapping at the top (name:, services:, ...)")
@@ -179,4 +179,4 @@ def load_rules(path: Path | str) -> RuleSet:
         where = ".".join(str(p) for p in loc) or "(top)"
         message = error["msg"].removeprefix("Value error, ")
         more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
-        raise InputError(path, f"{message}{more}", row=_line_of(node, loc), field=where) from None
+        raise InputError(path, f"{message}{more}", line=_line_of(node, loc), field=where) from None
