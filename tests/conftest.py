@@ -1,0 +1,43 @@
+"""Shared fixtures. Prefect reads its settings on import, so the environment is set here first."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="t2i-prefect-home-")
+os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.pop("PREFECT_API_URL", None)
+for name in [n for n in os.environ if n.startswith("TICKET_TO_INVOICE_")]:
+    del os.environ[name]
+
+from billing.settings import PROJECT_ROOT, Settings  # noqa: E402
+
+SAMPLE = PROJECT_ROOT / "examples" / "sample-export"
+DEMO_RULES = PROJECT_ROOT / "rules" / "examples" / "demo.yaml"
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """One temporary Prefect server (new database, migrations) for the whole test run: about 20 s."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def settings(home: Path) -> Settings:
+    return Settings(home=home, input_dir=SAMPLE, rules_file=DEMO_RULES)

@@ -1,0 +1,159 @@
+"""The pricing engine against amounts computed by hand (demo rules: rounding 15 min up, minimum 15)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pandas as pd
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from billing.models import Customer
+from billing.money import Rounding
+from rules.engine import price
+from rules.schema import RuleSet, load_rules
+from tests.conftest import DEMO_RULES
+
+CUSTOMERS = [
+    Customer(customer_id="ACME", name="Acme", currency="EUR", timezone="Europe/Berlin"),
+    Customer(customer_id="GLOBEX", name="Globex", currency="EUR", timezone="Europe/Amsterdam"),
+    Customer(customer_id="NORTHWIND", name="Northwind", currency="USD", timezone="America/New_York"),
+    Customer(customer_id="INITECH", name="Initech", currency="USD", timezone="America/Chicago"),
+]
+
+
+def worklogs(*rows: tuple[str, str, str, int] | tuple[str, str, str, int, bool]) -> pd.DataFrame:
+    """(customer, service, started_at UTC, minutes[, billable]) → a canonical work-log frame."""
+    records: list[dict[str, Any]] = []
+    for number, row in enumerate(rows, start=1):
+        customer, service, started, minutes, *rest = row
+        records.append({
+            "key": f"t:{number}", "source_id": f"WL-{number}", "ticket_id": None, "customer_id": customer,
+            "user": "u", "service_type": service, "started_at": pd.Timestamp(started), "raw_seconds": minutes * 60,
+            "billable": rest[0] if rest else True, "note": "",
+        })  # fmt: skip
+    frame = pd.DataFrame.from_records(records)
+    frame["raw_seconds"] = frame["raw_seconds"].astype("Int64")
+    return frame
+
+
+def rules_with(**changes: Any) -> RuleSet:
+    data = yaml.safe_load(DEMO_RULES.read_text())
+    data.update(changes)
+    return RuleSet.model_validate(data)
+
+
+DEMO = load_rules(DEMO_RULES)
+
+
+def line(result: Any, source_id: str) -> dict[str, Any]:
+    return result.lines.set_index("source_id").loc[source_id].to_dict()
+
+
+def test_customer_rate_and_rounding_up_to_the_increment() -> None:
+    # Wed 2026-10-07 10:00 Berlin; 50 min → 60 min billed → 1.00 h × 89.50 (ACME's own rate)
+    result = price(worklogs(("ACME", "remote_support", "2026-10-07T08:00Z", 50)), CUSTOMERS, DEMO)
+    got = line(result, "WL-1")
+    assert (got["billed_seconds"], got["quantity_centi"], got["unit_price_minor"], got["amount_minor"]) == (
+        3600,
+        100,
+        8950,
+        8950,
+    )
+    assert got["rate_source"] == "customer_rates[0]"
+    assert got["modifier"] == ""
+
+
+def test_minimum_billable_time_and_service_default_rate() -> None:
+    # GLOBEX has no own rate: 7 min → minimum 15 min → 0.25 h × 95.00 = 23.75
+    got = line(price(worklogs(("GLOBEX", "remote_support", "2026-10-07T08:00Z", 7)), CUSTOMERS, DEMO), "WL-1")
+    assert (got["quantity_centi"], got["unit_price_minor"], got["amount_minor"]) == (25, 9500, 2375)
+    assert got["rate_source"] == "services.remote_support.rates.EUR"
+
+
+def test_after_hours_in_the_customers_timezone_across_dst() -> None:
+    # 16:30Z is 18:30 in Amsterdam before the DST change (after hours) and 17:30 after it (business hours).
+    result = price(worklogs(("GLOBEX", "consulting", "2026-10-23T16:30Z", 20),
+                            ("GLOBEX", "consulting", "2026-10-26T16:30Z", 20)), CUSTOMERS, DEMO)  # fmt: skip
+    before, after = line(result, "WL-1"), line(result, "WL-2")
+    # 20 min → 0.50 h; 150.00 × 1.5 = 225.00 → 112.50
+    assert (before["modifier"], before["unit_price_minor"], before["amount_minor"]) == ("after_hours", 22500, 11250)
+    assert (after["modifier"], after["unit_price_minor"], after["amount_minor"]) == ("", 15000, 7500)
+
+
+def test_weekend_beats_after_hours_and_multipliers_do_not_compound() -> None:
+    # Sat 2026-10-10 11:00 and 21:00 New York; 65 min → 75 min → 1.25 h × (110.00 × 2) = 275.00
+    result = price(worklogs(("NORTHWIND", "remote_support", "2026-10-10T15:00Z", 65),
+                            ("NORTHWIND", "remote_support", "2026-10-11T01:00Z", 65)), CUSTOMERS, DEMO)  # fmt: skip
+    for source_id in ("WL-1", "WL-2"):
+        got = line(result, source_id)
+        assert (got["modifier"], got["multiplier_bp"], got["unit_price_minor"], got["amount_minor"]) == (
+            "weekend",
+            20000,
+            22000,
+            27500,
+        )
+
+
+def test_money_rounding_is_named_per_currency() -> None:
+    # 0.25 h × 110.10 = 27.525: half-even (USD in the demo) → 27.52, half-up → 27.53
+    rules = rules_with(customer_rates=[{"customer": "INITECH", "service": "remote_support", "rate": "110.10"}])
+    got = line(price(worklogs(("INITECH", "remote_support", "2026-10-07T15:00Z", 15)), CUSTOMERS, rules), "WL-1")
+    assert got["amount_minor"] == 2752
+    rules = rules_with(customer_rates=[{"customer": "INITECH", "service": "remote_support", "rate": "110.10"}],
+                       currencies={"USD": {"rounding": "half_up"}})  # fmt: skip
+    got = line(price(worklogs(("INITECH", "remote_support", "2026-10-07T15:00Z", 15)), CUSTOMERS, rules), "WL-1")
+    assert got["amount_minor"] == 2753
+
+
+def test_rounding_modes_for_time() -> None:
+    rows = (
+        ("GLOBEX", "remote_support", "2026-10-07T08:00Z", 22),
+        ("GLOBEX", "remote_support", "2026-10-07T09:00Z", 23),
+    )
+    nearest = rules_with(rounding={"increment_minutes": 15, "minimum_minutes": 0, "mode": "nearest"})
+    down = rules_with(rounding={"increment_minutes": 15, "minimum_minutes": 0, "mode": "down"})
+    assert price(worklogs(*rows), CUSTOMERS, nearest).lines["billed_seconds"].tolist() == [900, 1800]
+    assert price(worklogs(*rows), CUSTOMERS, down).lines["billed_seconds"].tolist() == [900, 900]
+
+
+def test_non_billable_rules_and_missing_rates_are_named() -> None:
+    rules = rules_with(services={**yaml.safe_load(DEMO_RULES.read_text())["services"],
+                                 "training": {"name": "Training", "rates": {"EUR": "80.00"}}})  # fmt: skip
+    result = price(worklogs(("ACME", "remote_support", "2026-10-07T08:00Z", 30, False),
+                            ("ACME", "internal", "2026-10-07T08:00Z", 30),
+                            ("NORTHWIND", "training", "2026-10-07T14:00Z", 30),
+                            ("ACME", "training", "2026-10-07T08:00Z", 30)), CUSTOMERS, rules)  # fmt: skip
+    assert dict(zip(result.non_billable["key"], result.non_billable["rule"], strict=True)) == {
+        "t:1": "marked-non-billable",
+        "t:2": "services.internal.billable=false",
+    }
+    assert result.unpriceable.to_dict("records") == [{"key": "t:3", "reason": "no rate for service training in USD"}]
+    assert line(result, "WL-4")["amount_minor"] == 4000
+
+
+timestamps = st.datetimes(min_value=pd.Timestamp("2026-10-01").to_pydatetime(),
+                          max_value=pd.Timestamp("2026-10-31").to_pydatetime())  # fmt: skip
+work = st.tuples(st.sampled_from([c.customer_id for c in CUSTOMERS]),
+                 st.sampled_from(["remote_support", "onsite_support", "consulting", "project_work", "internal"]),
+                 timestamps, st.integers(1, 1440), st.booleans())  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(work, min_size=1, max_size=40))
+def test_every_line_checks_by_hand_and_pricing_is_deterministic(rows: list[Any]) -> None:
+    frame = worklogs(*[(c, s, pd.Timestamp(t, tz="UTC").isoformat(), m, b) for c, s, t, m, b in rows])
+    first, second = price(frame, CUSTOMERS, DEMO), price(frame, CUSTOMERS, DEMO)
+    pd.testing.assert_frame_equal(first.lines, second.lines)
+    # every work log has exactly one outcome
+    outcomes = list(first.lines["key"]) + list(first.non_billable["key"]) + list(first.unpriceable["key"])
+    assert sorted(outcomes) == sorted(frame["key"])
+    for row in first.lines.to_dict("records"):
+        mode = Rounding(row["money_rounding"])
+        quantity = Decimal(int(row["quantity_centi"])) / 100
+        assert Decimal(row["amount_minor"]) == (quantity * row["unit_price_minor"]).quantize(
+            Decimal(1), rounding=mode.decimal_mode
+        )
+        assert row["billed_seconds"] >= row["raw_seconds"] and row["billed_seconds"] % 900 == 0

@@ -1,0 +1,199 @@
+"""The whole flow under a Prefect test server, on the sample export and copies of it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from billing.ledger import Ledger
+from billing.settings import Settings
+from flows.ticket_to_invoice import ticket_to_invoice
+from tests.conftest import DEMO_RULES, SAMPLE
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server")]
+
+BAD_ROWS = {"WL-00501", "WL-00502", "WL-00503", "WL-00504", "WL-00505", "WL-00506", "WL-00507", "WL-00123"}
+
+
+@pytest.fixture
+def run(home: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., dict[str, Any]]:
+    monkeypatch.setenv("TICKET_TO_INVOICE_HOME", str(home))
+
+    def run(**parameters: Any) -> dict[str, Any]:
+        parameters.setdefault("input_dir", str(SAMPLE))
+        parameters.setdefault("rules", str(DEMO_RULES))
+        return ticket_to_invoice(**parameters)
+
+    return run
+
+
+def erp_documents(home: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((home / "erp-files").glob("*/*.json"))]
+
+
+def test_sample_export_is_billed_once_with_exact_money(run: Callable[..., dict[str, Any]], home: Path) -> None:
+    first = run()
+
+    customers = {c["customer_id"] for c in json.loads((SAMPLE / "customers.json").read_text())}
+    assert {i["customer"] for i in first["invoices"]} == customers
+    assert all(i["status"] == "posted" and i["erp_number"] for i in first["invoices"])
+    assert first["new_postings"] == len(customers)
+    assert sum(first["counts"].values()) == first["work_items_total"] == 503  # 508 rows, 4 other months, 1 repeat
+    assert first["counts"]["quarantined"] == len(BAD_ROWS)
+    assert {q["source_id"] for q in first["quarantined"]} == BAD_ROWS
+    assert all("worklogs.csv row" in q["reason"] for q in first["quarantined"])
+    assert first["counts"]["non_billable"] == 40 and all(n["rule"] for n in first["non_billable"])
+
+    # The ERP's documents and import file agree with the run's answer to the cent.
+    documents = {d["external_reference"]: d for d in erp_documents(home)}
+    for invoice in first["invoices"]:
+        document = documents[invoice["key"]]
+        assert document["number"] == invoice["erp_number"]
+        assert document["total_minor"] == invoice["total_minor"] == sum(li["amount_minor"] for li in invoice["lines"])
+        assert sum(line["amount_minor"] for line in document["lines"]) == document["total_minor"]
+    with (home / "erp-files" / "2026-10" / "import.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    cents: Counter[str] = Counter()
+    for row in rows:
+        cents[row["external_reference"]] += int(row["line_amount"].replace(".", ""))
+    assert cents == {i["key"]: i["total_minor"] for i in first["invoices"]}
+
+    # A second run of the same period posts nothing and changes nothing.
+    second = run()
+    assert second["new_postings"] == 0
+    assert [(i["key"], i["erp_number"], i["total_minor"]) for i in second["invoices"]] == [
+        (i["key"], i["erp_number"], i["total_minor"]) for i in first["invoices"]
+    ]
+    assert second["counts"] == first["counts"] | {"billed": 0, "pending_approval": 0} | {
+        "billed": first["counts"]["billed"]
+    }
+    assert len(erp_documents(home)) == len(customers)
+    assert second["reconcile"]["mismatches"] == [] and second["reconcile"]["duplicates"] == []
+
+
+def test_a_crash_after_posting_never_posts_twice(
+    run: Callable[..., dict[str, Any]], home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(*_: Any, **__: Any) -> None:
+        raise RuntimeError("killed between the ERP write and the ledger record")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Ledger, "record_postings", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            run()
+    assert len(erp_documents(home)) == 4  # the ERP has the invoices; the ledger does not know yet
+
+    rerun = run()
+    assert rerun["new_postings"] == 0
+    assert all(i["status"] == "posted" for i in rerun["invoices"])
+    assert len(erp_documents(home)) == 4
+    assert sorted(i["erp_number"] for i in rerun["invoices"]) == sorted(d["number"] for d in erp_documents(home))
+
+
+def test_a_row_fixed_at_the_source_is_billed_on_a_supplementary_invoice(
+    run: Callable[..., dict[str, Any]], home: Path, tmp_path: Path
+) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(SAMPLE, export)
+    first = run(input_dir=str(export))
+    worklogs = export / "worklogs.csv"
+    worklogs.write_text(worklogs.read_text().replace(",1h30,", ",90,"))
+
+    second = run(input_dir=str(export))
+    assert "WL-00506" not in {q["source_id"] for q in second["quarantined"]}
+    assert second["new_postings"] == 1
+    supplementary = [i for i in second["invoices"] if i["version"] == 2]
+    assert len(supplementary) == 1 and [li["source_id"] for li in supplementary[0]["lines"]] == ["WL-00506"]
+    assert second["counts"]["billed"] == first["counts"]["billed"] + 1
+    originals = {i["key"]: i["total_minor"] for i in first["invoices"]}
+    assert {i["key"]: i["total_minor"] for i in second["invoices"] if i["version"] == 1} == originals
+
+
+def _answer_when_paused(answer: dict[str, str], answered: list[str]) -> threading.Thread:
+    """Play the human: wait for the paused run, then resume it with the form's answer."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    def human() -> None:
+        paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+        for _ in range(120):
+            with get_client(sync_client=True) as client:
+                runs = client.read_flow_runs(flow_run_filter=paused, limit=5)
+            if runs:
+                resume_flow_run(runs[0].id, run_input=answer)
+                answered.append(str(runs[0].id))
+                return
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=human, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_manual_approval_waits_for_a_human_and_records_the_decision(
+    run: Callable[..., dict[str, Any]], settings: Settings, tmp_path: Path
+) -> None:
+    rules = yaml.safe_load(DEMO_RULES.read_text())
+    rules["approval"]["auto_approve_below"] = {"EUR": "16000.00", "USD": "6000.00"}  # GLOBEX and INITECH pass
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(rules))
+
+    answered: list[str] = []
+    human = _answer_when_paused({"approver": "maria@example.com", "decision": "approve", "note": "ok"}, answered)
+    summary = run(rules=str(rules_file), approve="manual")
+    human.join(timeout=5)
+
+    assert answered, "the run never paused for approval"
+    assert all(i["status"] == "posted" for i in summary["invoices"])
+    ledger = Ledger(settings.resolved_ledger_url)
+    approvers = {i["customer"]: ledger.approvals(i["key"])[-1].approver for i in summary["invoices"]}
+    assert approvers == {
+        "ACME": "maria@example.com",
+        "NORTHWIND": "maria@example.com",
+        "GLOBEX": "policy:threshold",
+        "INITECH": "policy:threshold",
+    }
+    assert ledger.approvals(summary["invoices"][0]["key"])[-1].flow_run_id == answered[0]
+
+
+def test_rejected_drafts_are_not_posted(run: Callable[..., dict[str, Any]]) -> None:
+    answered: list[str] = []
+    human = _answer_when_paused({"approver": "lee", "decision": "reject", "note": "wrong rates"}, answered)
+    summary = run(approve="manual")  # every demo invoice is above the demo threshold
+    human.join(timeout=5)
+
+    assert answered
+    assert summary["new_postings"] == 0
+    assert {i["status"] for i in summary["invoices"]} == {"rejected"}
+    assert summary["counts"]["billed"] == 0
+    assert summary["counts"]["pending_approval"] == summary["work_items_total"] - 48  # 40 non-billable + 8 bad
+
+
+def test_nobody_answers_and_the_drafts_stay_pending(
+    run: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TICKET_TO_INVOICE_APPROVAL_TIMEOUT_SECONDS", "3")
+    summary = run(approve="manual")
+    assert summary["new_postings"] == 0
+    assert {i["status"] for i in summary["invoices"]} == {"drafted"}
+    assert summary["counts"]["pending_approval"] == summary["work_items_total"] - 48
+
+    # The next run asks again, and an answer then bills them.
+    answered: list[str] = []
+    human = _answer_when_paused({"approver": "sam", "decision": "approve", "note": ""}, answered)
+    monkeypatch.setenv("TICKET_TO_INVOICE_APPROVAL_TIMEOUT_SECONDS", "120")
+    again = run(approve="manual")
+    human.join(timeout=5)
+    assert again["new_postings"] == 4 and {i["status"] for i in again["invoices"]} == {"posted"}
