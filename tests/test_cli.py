@@ -1,0 +1,174 @@
+"""The command as a user runs it: a real process, its own Prefect home, and a real Prefect server over it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import SAMPLE
+
+BIN = Path(sys.executable).parent
+CLI = str(BIN / "ticket-to-invoice")
+
+
+def cli_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TICKET_TO_INVOICE_"))}
+    return env | {"TICKET_TO_INVOICE_HOME": str(home), "COLUMNS": "200"} | extra
+
+
+def cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], env=cli_env(home, **env), capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any], dict[str, Any]]]:
+    """`ticket-to-invoice run --json` twice, as `make run` does it (defaults only)."""
+    home = tmp_path_factory.mktemp("cli") / "var"
+    first, second = cli(home, "run", "--json"), cli(home, "run", "--json")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]
+    yield home, json.loads(first.stdout), json.loads(second.stdout)
+
+
+@pytest.mark.integration
+def test_run_json_is_the_documented_object(demo_home: tuple[Path, dict[str, Any], dict[str, Any]]) -> None:
+    home, first, second = demo_home
+    assert {"invoices", "quarantined", "counts", "work_items_total", "new_postings"} <= first.keys()
+    assert set(first["counts"]) >= {"billed", "non_billable", "quarantined", "pending_approval"}
+    assert sum(first["counts"].values()) == first["work_items_total"]
+    for invoice in first["invoices"]:
+        assert {"customer", "period", "currency", "total_minor", "erp_number", "lines"} <= invoice.keys()
+        document = json.loads(
+            next((home / "erp-files" / invoice["period"]).glob(f"{invoice['customer']}-*-v1.json")).read_text()
+        )
+        assert document["total_minor"] == invoice["total_minor"]
+        assert document["number"] == invoice["erp_number"]
+    assert {i["currency"] for i in first["invoices"]} == {"EUR", "USD"}
+    assert first["new_postings"] == 4 and second["new_postings"] == 0
+    assert all(q["source_id"] and q["reason"] for q in first["quarantined"])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ui(demo_home: tuple[Path, dict[str, Any], dict[str, Any]]) -> Iterator[tuple[str, dict[str, str]]]:
+    """`make ui`: a Prefect server over the Prefect home the CLI runs were kept in."""
+    home = demo_home[0]
+    port = _free_port()
+    env = cli_env(home, PREFECT_HOME=str(home / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, "prefect server exited"
+            time.sleep(0.5)
+        else:
+            pytest.fail("prefect server did not start in 120 s")
+        yield url, env | {"PREFECT_API_URL": f"{url}/api"}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.integration
+def test_the_ui_shows_the_runs_their_tasks_and_the_invoice_artifact(ui: tuple[str, dict[str, str]]) -> None:
+    url, _ = ui
+    runs = httpx.post(f"{url}/api/flow_runs/filter", json={"limit": 50}).json()
+    assert len(runs) == 2 and {r["state_type"] for r in runs} == {"COMPLETED"}
+    flow = httpx.get(f"{url}/api/flows/{runs[0]['flow_id']}").json()
+    assert flow["name"] == "ticket-to-invoice"
+    tasks = httpx.post(f"{url}/api/task_runs/filter", json={"limit": 200}).json()
+    assert {t["name"].rsplit("-", 1)[0] for t in tasks} >= {
+        "extract",
+        "validate",
+        "price",
+        "draft",
+        "post",
+        "reconcile",
+    }
+    assert {t["state_type"] for t in tasks} == {"COMPLETED"}
+    artifacts = httpx.post(f"{url}/api/artifacts/filter", json={"limit": 50}).json()
+    assert {"invoices-202610", "run-summary-202610"} <= {a["key"] for a in artifacts}
+    table = next(a for a in artifacts if a["key"] == "invoices-202610" and a["type"] == "table")
+    assert "Acme Logistics GmbH" in json.dumps(table["data"])
+    assert "<html" in httpx.get(url).text.lower()  # the UI itself is served
+
+
+@pytest.mark.integration
+def test_prefect_yaml_deploys_monthly_and_on_demand(ui: tuple[str, dict[str, str]]) -> None:
+    url, env = ui
+    root = Path(__file__).parents[1]
+    prefect = str(BIN / "prefect")
+    env = env | {"PREFECT_CLI_PROMPT": "false"}
+    created = subprocess.run(
+        [prefect, "work-pool", "create", "local-process", "--type", "process"],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    deployed = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    deployments = {d["name"]: d for d in httpx.post(f"{url}/api/deployments/filter", json={}).json()}
+    assert set(deployments) == {"monthly", "on-demand"}
+    assert deployments["monthly"]["schedules"][0]["schedule"]["cron"] == "0 6 1 * *"
+    assert deployments["monthly"]["parameters"] == {"approve": "manual"}
+    assert deployments["on-demand"]["schedules"] == []
+
+
+def test_bad_input_is_one_clear_message_without_a_traceback(tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(SAMPLE, export)
+    (export / "tickets.csv").write_bytes(b"ticket_id,customer_id\nT-1,ACME\nT-2,GLOB\xe9X\n")
+    result = cli(tmp_path / "var", "run", "--input", str(export))
+    assert result.returncode == 2
+    assert "tickets.csv, line 3: not UTF-8 text (byte 0xe9)" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "name: x\nservices:\n  remote: {name: Remote, rates: {EUR: '95.00'}}\ncustomer_rates:\n"
+        "  - {customer: ACME, service: remot, rate: '1.00'}\n"
+    )
+    result = cli(tmp_path / "var", "run", "--rules", str(rules))
+    assert result.returncode == 2
+    assert "rules.yaml" in result.stderr and "unknown service 'remot'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "var" / "ledger.db").exists()  # nothing was started, nothing written
+
+
+def test_help_teaches_with_examples() -> None:
+    result = subprocess.run([CLI, "run", "--help"], capture_output=True, text=True, env=os.environ | {"COLUMNS": "200"})
+    assert result.returncode == 0
+    assert "ticket-to-invoice run --period 2026-10" in result.stdout
+    assert "--approve" in result.stdout and "--json" in result.stdout
