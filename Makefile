@@ -26,6 +26,7 @@ run: $(STAMP)
 
 ## Lint and run every test (unit and integration).
 test: $(STAMP)
+	tests/system/install-debian-packages.sh
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

@@ -9,7 +9,9 @@ with a bad value is kept and reported in ``WorkBatch.issues`` so the validate st
 
 from __future__ import annotations
 
+import csv
 import json
+import warnings
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
@@ -49,6 +51,7 @@ WORKLOGS = EntitySchema(
 )
 TRUE_WORDS = {"true", "yes", "y", "1", ""}  # an empty "billable" means billable
 FALSE_WORDS = {"false", "no", "n", "0"}
+MAX_MINUTES = 10**9  # beyond any real duration; keeps seconds well inside int64
 
 
 def _first_non_utf8_line(path: Path) -> tuple[int, int]:
@@ -95,6 +98,24 @@ def _read_json_records(path: Path, text: str, entity: EntitySchema) -> list[dict
     return data
 
 
+def _refuse_rows_with_extra_values(path: Path, text: str, width: int) -> None:
+    """A row longer than the header is refused when the extra fields hold data (it would be lost);
+    empty extra fields, as from a trailing comma, are harmless."""
+    for number, row in enumerate(csv.reader(StringIO(text, newline="")), start=1):
+        if len(row) > width and any(value.strip() for value in row[width:]):
+            raise InputError(path, f"{len(row)} values where the header names {width} columns", row=number)
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
+
+
 def read_table(path: Path, entity: EntitySchema) -> tuple[pd.DataFrame, list[str]]:
     """The file as a table of strings, with a ``source_row`` column; and notes about ignored columns."""
     raw = path.read_bytes()
@@ -108,28 +129,31 @@ def read_table(path: Path, entity: EntitySchema) -> tuple[pd.DataFrame, list[str
 
     if path.suffix == ".csv":
         try:
-            frame = pd.read_csv(StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
-        except pd.errors.ParserError as exc:
+            header = [c.strip() for c in next(csv.reader(StringIO(text, newline="")), [])]
+            _refuse_rows_with_extra_values(path, text, len(header))
+        except csv.Error as exc:
+            raise InputError(path, f"not a well-formed CSV file: {exc}") from None
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:
+            raise InputError(path, f"column(s) {', '.join(repeated)} appear more than once in the header", line=1)
+        try:
+            # index_col=False: a trailing comma on every row must not turn the first column into the index.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", pd.errors.ParserWarning)  # extra empty fields: checked above
+                frame = pd.read_csv(
+                    StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False
+                )
+        except (pd.errors.ParserError, ValueError) as exc:
             raise InputError(path, f"not a well-formed CSV file: {exc}".replace("\n", " ")) from None
         frame.columns = [str(c).strip() for c in frame.columns]
         first_row = 2  # spreadsheet numbering: the header is row 1
     else:
         records = _read_json_records(path, text, entity)
-        frame = pd.DataFrame.from_records(records)
-        for column in frame.columns:  # keep every value as text, as from a CSV, for one coercion path
-            frame[column] = frame[column].map(
-                lambda v: (
-                    ""
-                    if v is None
-                    else (
-                        json.dumps(v)
-                        if isinstance(v, dict | list)
-                        else str(v).lower()
-                        if isinstance(v, bool)
-                        else str(v)
-                    )
-                )
-            )
+        # Every value as text, as from a CSV, for one coercion path; null and a missing key are both empty.
+        frame = pd.DataFrame({
+            column: [_as_text(record.get(column)) for record in records]
+            for column in dict.fromkeys(key for record in records for key in record)
+        })  # fmt: skip
         first_row = 1
     if frame.empty and len(frame.columns) == 0:
         raise InputError(path, "the file has no rows")
@@ -282,6 +306,10 @@ class FileDropSource:
                 path,
             )
         )
+        # inf, 1e300 ...: a number, but no duration; it must not overflow the seconds below.
+        absurd = minutes.notna() & ~minutes.abs().lt(MAX_MINUTES)
+        problems.append(_issues(absurd, frame, "duration_minutes", "duration_minutes is out of range", path))
+        minutes = minutes.mask(absurd)
         billable_text = frame["billable"].str.lower()
         problems.append(
             _issues(

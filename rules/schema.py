@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from billing.errors import InputError
 from billing.money import Rounding, is_currency
@@ -20,11 +21,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _currency_keys(value: dict[str, Any]) -> dict[str, Any]:
-    for code in value:
-        if not is_currency(code):
-            raise ValueError(f"unknown currency {code!r} (expected an ISO 4217 code such as EUR)")
-    return value
+def _known_currency(code: str) -> str:
+    if not is_currency(code):
+        raise ValueError(f"unknown currency {code!r} (expected an ISO 4217 code such as EUR)")
+    return code
+
+
+# As a dict key, so an error points at the very entry ("services.consulting.rates.XYZ").
+Currency = Annotated[str, AfterValidator(_known_currency)]
 
 
 class CurrencyPolicy(Strict):
@@ -43,9 +47,7 @@ class TimeRounding(Strict):
 class Service(Strict):
     name: str
     billable: bool = True
-    rates: dict[str, Decimal] = Field(default_factory=dict, description="Hourly rate per currency.")
-
-    _currencies = field_validator("rates")(_currency_keys)
+    rates: dict[Currency, Decimal] = Field(default_factory=dict, description="Hourly rate per currency.")
 
     @field_validator("rates")
     @classmethod
@@ -102,18 +104,16 @@ class NonBillableRule(Strict):
 
 
 class Approval(Strict):
-    auto_approve_below: dict[str, Decimal] = Field(
+    auto_approve_below: dict[Currency, Decimal] = Field(
         default_factory=dict, description="Drafts with a total below this (per currency) approve themselves."
     )
     timeout_seconds: int = Field(3600, ge=1)
-
-    _currencies = field_validator("auto_approve_below")(_currency_keys)
 
 
 class RuleSet(Strict):
     version: Literal[1] = 1
     name: str
-    currencies: dict[str, CurrencyPolicy] = Field(default_factory=dict)
+    currencies: dict[Currency, CurrencyPolicy] = Field(default_factory=dict)
     rounding: TimeRounding = TimeRounding()
     services: dict[str, Service]
     customer_rates: list[CustomerRate] = Field(default_factory=list)
@@ -121,14 +121,12 @@ class RuleSet(Strict):
     non_billable: list[NonBillableRule] = Field(default_factory=list)
     approval: Approval = Approval()
 
-    _currencies = field_validator("currencies")(_currency_keys)
-
     @model_validator(mode="after")
     def _services_exist(self) -> RuleSet:
         for number, rate in enumerate(self.customer_rates):
             if rate.service not in self.services:
                 raise ValueError(
-                    f"customer_rates[{number}]: unknown service {rate.service!r} "
+                    f"customer_rates.{number}.service: unknown service {rate.service!r} "
                     f"(known: {', '.join(sorted(self.services))})"
                 )
         return self
@@ -139,19 +137,41 @@ class RuleSet(Strict):
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """The 1-based line of the YAML node at ``loc`` (as deep as the path goes)."""
+    """The 1-based line of the entry at ``loc`` (of its key, in a mapping), as deep as the path goes."""
     line = node.start_mark.line + 1 if node is not None else None
     for part in loc:
         if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == str(part)), None)
+            entry = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if entry is None:
+                break
+            line, node = entry[0].start_mark.line + 1, entry[1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]
+            line = node.start_mark.line + 1
         else:
             break
-        if node is None:
-            break
-        line = node.start_mark.line + 1
     return line
+
+
+PATH_IN_MESSAGE = re.compile(r"^([a-z_]+(?:\.\w+)*): ")
+
+
+def _describe(error: Any) -> tuple[tuple[Any, ...], str]:
+    """The path and the words of one pydantic error, in the rule file's terms."""
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and (p.startswith("function-") or p == "[key]")))
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = f"unknown key {loc[-1]!r}"
+        if len(loc) == 1:
+            close = difflib.get_close_matches(str(loc[-1]), RuleSet.model_fields, n=1)
+            message += f" (did you mean {close[0]!r}?)" if close else ""
+    elif error["type"] == "missing":
+        message = f"{loc[-1]!r} is required"
+    match = PATH_IN_MESSAGE.match(message)
+    if not loc and match:  # a cross-field check names its own path ("customer_rates.1.service: ...")
+        loc = tuple(int(p) if p.isdigit() else p for p in match.group(1).split("."))
+        message = message[match.end() :]
+    return loc, message
 
 
 def load_rules(path: Path | str) -> RuleSet:
@@ -174,9 +194,15 @@ def load_rules(path: Path | str) -> RuleSet:
     try:
         return RuleSet.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        where = ".".join(str(p) for p in loc) or "(top)"
-        message = error["msg"].removeprefix("Value error, ")
-        more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
-        raise InputError(path, f"{message}{more}", line=_line_of(node, loc), field=where) from None
+        # A typo'd key explains the "required" error it causes: report unknown keys first.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        described = [_describe(e) for e in errors]
+        loc, message = described[0]
+        others = [
+            f"{'.'.join(map(str, lo)) or '(top)'} (line {_line_of(node, lo)}): {msg}" for lo, msg in described[1:5]
+        ]
+        if others:
+            message += "; also " + "; ".join(others)
+        if len(described) > 5:
+            message += f"; and {len(described) - 5} more"
+        raise InputError(path, message, line=_line_of(node, loc), field=".".join(map(str, loc)) or "(top)") from None

@@ -81,7 +81,8 @@ def period_summary(settings: Settings, period: str, new_postings: int, failures:
     """The run's answer (``--json``): every invoice of the period, quarantines, counts by final state."""
     ledger = Ledger(settings.resolved_ledger_url)
     numbers = {p.draft_key: p.erp_number for p in ledger.postings(period)}
-    states = ledger.draft_states(d.key for d in ledger.drafts(period))
+    drafts = ledger.drafts(period)
+    states = ledger.draft_states(d.key for d in drafts)
     invoices = [
         {"key": d.key, "customer": d.customer_id, "customer_name": d.customer_name, "period": d.period,
          "currency": d.currency, "version": d.version, "total_minor": d.total_minor,
@@ -89,7 +90,7 @@ def period_summary(settings: Settings, period: str, new_postings: int, failures:
          "lines": [{"source_id": line.source_id, "description": line.description,
                     "quantity": str(line.quantity_billed), "unit_price_minor": line.unit_price_minor,
                     "amount_minor": line.amount_minor} for line in d.lines]}
-        for d in ledger.drafts(period)
+        for d in drafts
     ]  # fmt: skip
     items = ledger.work_items(period)
     quarantined = items[items["state"] == WorkState.QUARANTINED.value]

@@ -2,22 +2,43 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from sqlalchemy import text
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DatabaseError
 
 from billing.ledger import Ledger, WorkState
+from billing.ledger.store import MIGRATIONS
 from billing.models import ApprovalDecision, ChargeLine, DraftState, InvoiceDraft, PostingReceipt
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    return Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    if request.param == "sqlite":
+        yield Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+        return
+    # One database per test on the session's PostgreSQL cluster.
+    base = request.getfixturevalue("postgres_url")
+    name = f"t{uuid.uuid4().hex[:12]}"
+    with create_engine(base, isolation_level="AUTOCOMMIT").connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    yield Ledger(base.rsplit("/", 1)[0] + f"/{name}")
+
+
+def test_migrations_match_the_models(ledger: Ledger) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with ledger.engine.connect() as connection:
+        config.attributes["connection"] = connection
+        command.check(config)  # raises when the models and the migrations disagree
 
 
 def items(*pairs: tuple[str, str]) -> pd.DataFrame:

@@ -1,0 +1,1 @@
+"""Real systems the integration tests start and stop: PostgreSQL (and later Tryton, Redmine)."""

@@ -1,0 +1,558 @@
+"""Unit tests of the file-drop source (connectors/filedrop.py): the sample export, JSON inputs, bad files, bad rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import warnings
+from collections import Counter
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from billing.errors import ConfigurationError, InputError, UserFacingError
+from billing.models import ISSUE_COLUMNS, WORKLOG_COLUMNS, WorkBatch
+from connectors.filedrop import WORKLOGS, FileDropSource, read_table
+
+ROOT = Path(__file__).parents[1]
+SAMPLE = ROOT / "examples" / "sample-export"
+PREFIX = "files:sample-export:worklog:"
+HEADER = "worklog_id,customer_id,service_type,started_at,duration_minutes"
+OUTSIDE_PERIOD = {"WL-00001", "WL-00002", "WL-00499", "WL-00500"}
+
+
+@pytest.fixture
+def export(tmp_path: Path) -> Path:
+    """A private copy of the sample export, to break one file of."""
+    folder = tmp_path / "sample-export"
+    shutil.copytree(SAMPLE, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sample_batch() -> WorkBatch:
+    return FileDropSource(SAMPLE).extract()
+
+
+def _sample_rows() -> list[dict[str, str]]:
+    with (SAMPLE / "worklogs.csv").open(encoding="utf-8", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _by_id(frame: pd.DataFrame, worklog_id: str) -> pd.Series:
+    rows = frame.loc[frame["source_id"] == worklog_id]
+    assert len(rows) == 1, f"{worklog_id}: {len(rows)} rows"
+    return rows.iloc[0]
+
+
+def _extract_error(folder: Path, period: str | None = None) -> InputError:
+    with pytest.raises(InputError) as caught:
+        FileDropSource(folder).extract(period)
+    return caught.value
+
+
+# --- 1. the sample export -------------------------------------------------------------------------------------------
+
+
+def test_sample_export_relative_path_period_instance_and_customers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    batch = FileDropSource("examples/sample-export").extract()
+    assert batch.source_system == "files"
+    assert batch.period == "2026-10"
+    assert batch.instance == "sample-export"
+    assert sorted(c.customer_id for c in batch.customers) == ["ACME", "GLOBEX", "INITECH", "NORTHWIND"]
+    assert {c.customer_id: c.timezone for c in batch.customers}["NORTHWIND"] == "America/New_York"
+    assert batch.customer_problems == {}
+    assert batch.notes == []
+    assert len(batch.tickets) == 100
+
+
+def test_sample_export_leaves_out_the_four_rows_of_other_months(sample_batch: WorkBatch) -> None:
+    rows = _sample_rows()
+    assert len(rows) == 508
+    assert sample_batch.outside_period == 4
+    assert len(sample_batch.worklogs) == 508 - 4
+    assert not OUTSIDE_PERIOD & set(sample_batch.worklogs["source_id"])
+    assert list(sample_batch.worklogs.columns) == list(WORKLOG_COLUMNS)
+    assert set(sample_batch.worklogs["period"]) == {"2026-10"}
+
+
+def test_sample_export_month_edges_use_the_customers_timezone(sample_batch: WorkBatch) -> None:
+    rows = {r["worklog_id"]: r for r in _sample_rows()}
+    # UTC says October for both, the customer's local time does not.
+    assert rows["WL-00002"]["customer_id"] == "NORTHWIND"
+    assert rows["WL-00002"]["started_at"] == "2026-10-01T00:30:00Z"  # 2026-09-30 20:30 in New York
+    assert rows["WL-00499"]["customer_id"] == "GLOBEX"
+    assert rows["WL-00499"]["started_at"] == "2026-10-31T23:30:00Z"  # 2026-11-01 00:30 in Amsterdam
+    ids = set(sample_batch.worklogs["source_id"])
+    assert "WL-00002" not in ids
+    assert "WL-00499" not in ids
+    # Their neighbours, inside October locally, are kept.
+    assert {"WL-00003", "WL-00498"} <= ids
+    assert _by_id(sample_batch.worklogs, "WL-00003")["started_at"] == pd.Timestamp("2026-10-01T04:50:00Z")
+
+
+def test_sample_export_issues_name_the_bad_rows(sample_batch: WorkBatch) -> None:
+    issues = sample_batch.issues
+    assert list(issues.columns) == list(ISSUE_COLUMNS)
+    found = sorted(issues[["key", "source_file", "source_row", "field", "value"]].itertuples(index=False, name=None))
+    assert found == [
+        (PREFIX + "WL-00505", "worklogs.csv", 311, "started_at", "2026-10-3xT10:00:00Z"),
+        (PREFIX + "WL-00506", "worklogs.csv", 378, "duration_minutes", "1h30"),
+    ]
+    # The rows stay in the batch (the validate stage quarantines them); their values are missing, not invented.
+    bad_start = _by_id(sample_batch.worklogs, "WL-00505")
+    assert pd.isna(bad_start["started_at"])
+    assert bad_start["source_row"] == 311
+    bad_minutes = _by_id(sample_batch.worklogs, "WL-00506")
+    assert pd.isna(bad_minutes["raw_seconds"])
+    assert bad_minutes["source_row"] == 378
+
+
+def test_sample_export_values_keys_and_raw_seconds(sample_batch: WorkBatch) -> None:
+    rows = {r["worklog_id"]: r for r in _sample_rows()}
+    good = _by_id(sample_batch.worklogs, "WL-00010")
+    assert good["key"] == "files:sample-export:worklog:WL-00010"
+    assert good["raw_seconds"] == int(rows["WL-00010"]["duration_minutes"]) * 60 == 21600
+    assert good["customer_id"] == "GLOBEX"
+    assert good["service_type"] == "onsite_support"
+    assert good["started_at"] == pd.Timestamp("2026-10-01T09:45:00Z")
+    assert good["billable"]
+    assert good["source_file"] == "worklogs.csv"
+    assert good["source_row"] == 11
+    assert not _by_id(sample_batch.worklogs, "WL-00003")["billable"]  # billable=false in the file
+    assert pd.isna(_by_id(sample_batch.worklogs, "WL-00503")["ticket_id"])  # an empty ticket_id is missing
+    assert (sample_batch.worklogs["key"] == PREFIX + sample_batch.worklogs["source_id"]).all()
+    # Every in-period row with a whole number of minutes has exactly minutes * 60 seconds.
+    for row in sample_batch.worklogs.itertuples():
+        minutes = rows[row.source_id]["duration_minutes"] if row.source_id != "WL-00123" else None
+        if minutes is not None and minutes.lstrip("-").isdigit():
+            assert row.raw_seconds == int(minutes) * 60, row.source_id
+
+
+def test_sample_export_duplicated_id_keeps_both_rows(sample_batch: WorkBatch) -> None:
+    twins = sample_batch.worklogs.loc[sample_batch.worklogs["source_id"] == "WL-00123"]
+    assert sorted(twins["raw_seconds"].tolist()) == [15 * 60, 40 * 60]
+    assert set(twins["key"]) == {PREFIX + "WL-00123"}
+    assert twins["content_hash"].nunique() == 2  # different duration, different content
+    duplicated = Counter(sample_batch.worklogs["key"])
+    assert {k: n for k, n in duplicated.items() if n > 1} == {PREFIX + "WL-00123": 2}
+
+
+def test_sample_export_content_hash_is_stable(sample_batch: WorkBatch) -> None:
+    again = FileDropSource(SAMPLE).extract()
+    hashes = sample_batch.worklogs["content_hash"]
+    assert hashes.str.fullmatch(r"[0-9a-f]{16}").all()
+    assert hashes.tolist() == again.worklogs["content_hash"].tolist()
+    assert sample_batch.worklogs["key"].tolist() == again.worklogs["key"].tolist()
+
+
+# --- 2. the same export as JSON -------------------------------------------------------------------------------------
+
+
+def _typed(row: dict[str, str]) -> dict[str, Any]:
+    """A CSV row as a JSON exporter would write it: numbers and booleans typed, the rest text."""
+    item: dict[str, Any] = dict(row)
+    if row["duration_minutes"].lstrip("-").isdigit():
+        item["duration_minutes"] = int(row["duration_minutes"])
+    if row["billable"] in ("true", "false"):
+        item["billable"] = row["billable"] == "true"
+    return item
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_json_worklogs_give_the_same_work_logs(export: Path, sample_batch: WorkBatch, suffix: str) -> None:
+    items = [_typed(r) for r in _sample_rows()]
+    (export / "worklogs.csv").unlink()
+    target = export / f"worklogs{suffix}"
+    if suffix == ".json":
+        target.write_text(json.dumps(items, indent=2, ensure_ascii=False), encoding="utf-8")
+    else:
+        target.write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items), encoding="utf-8")
+
+    batch = FileDropSource(export).extract()
+
+    assert batch.outside_period == 4
+    got, want = batch.worklogs, sample_batch.worklogs
+    assert got["key"].tolist() == want["key"].tolist()
+    assert got["raw_seconds"].tolist() == want["raw_seconds"].tolist()
+    assert got["billable"].tolist() == want["billable"].tolist()
+    assert got["started_at"].tolist() == want["started_at"].tolist()
+    assert got["ticket_id"].fillna("<none>").tolist() == want["ticket_id"].fillna("<none>").tolist()
+    assert got["content_hash"].tolist() == want["content_hash"].tolist()
+    assert set(got["source_file"]) == {target.name}
+    assert (got["source_row"] == want["source_row"] - 1).all()  # JSON items count from 1, CSV rows from 2
+    assert sorted(zip(batch.issues["key"], batch.issues["field"], strict=True)) == [
+        (PREFIX + "WL-00505", "started_at"),
+        (PREFIX + "WL-00506", "duration_minutes"),
+    ]
+
+
+def test_json_object_wrapping_the_array_is_accepted(export: Path) -> None:
+    items = [_typed(r) for r in _sample_rows()[:3]]
+    (export / "worklogs.csv").unlink()
+    (export / "worklogs.json").write_text(json.dumps({"worklogs": items}), encoding="utf-8")
+    batch = FileDropSource(export).extract()
+    assert batch.worklogs["source_id"].tolist() == ["WL-00003"]  # WL-00001/2 are September locally
+    assert batch.outside_period == 2
+
+
+# --- 3. files that cannot be read -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["customers.json", "tickets.csv", "worklogs.csv"])
+def test_empty_file(export: Path, name: str) -> None:
+    (export / name).write_bytes(b"")
+    error = _extract_error(export)
+    assert error.path == export / name
+    assert error.problem == "the file is empty"
+    assert str(error) == f"{export / name}: the file is empty"
+
+
+def test_file_of_only_whitespace(export: Path) -> None:
+    (export / "worklogs.csv").write_text("  \n\n\t \r\n", encoding="utf-8")
+    error = _extract_error(export)
+    assert error.path == export / "worklogs.csv"
+    assert error.problem == "the file is empty"
+
+
+def test_non_utf8_bytes_name_the_line(export: Path) -> None:
+    path = export / "worklogs.csv"
+    lines = path.read_bytes().split(b"\n")
+    lines[4] += b" caf\xe9"  # Latin-1 é on line 5
+    path.write_bytes(b"\n".join(lines))
+    error = _extract_error(export)
+    assert error.path == path
+    assert error.line == 5
+    assert error.row is None
+    assert "not UTF-8" in error.problem
+    assert "0xe9" in error.problem
+    assert str(error).startswith(f"{path}, line 5: not UTF-8")
+
+
+def test_malformed_json_names_the_line(export: Path) -> None:
+    (export / "worklogs.csv").unlink()
+    path = export / "worklogs.json"
+    path.write_text('[\n  {"worklog_id": "A"},\n  {"worklog_id": \n]\n', encoding="utf-8")
+    error = _extract_error(export)
+    assert error.path == path
+    assert error.problem.startswith("not valid JSON")
+    assert "line 4" in str(error)
+    assert str(error).startswith(f"{path}: not valid JSON")
+
+
+def test_malformed_json_lines_name_the_row(export: Path) -> None:
+    (export / "worklogs.csv").unlink()
+    path = export / "worklogs.jsonl"
+    path.write_text('{"worklog_id": "A"}\n{"worklog_id": "B"}\n{"worklog_id": B}\n', encoding="utf-8")
+    error = _extract_error(export)
+    assert error.path == path
+    assert error.row == 3
+    assert error.problem.startswith("not valid JSON")
+
+
+def test_json_object_that_is_not_an_array(export: Path) -> None:
+    (export / "worklogs.csv").unlink()
+    path = export / "worklogs.json"
+    path.write_text('{"worklog_id": "WL-1", "customer_id": "ACME"}', encoding="utf-8")
+    error = _extract_error(export)
+    assert error.path == path
+    assert error.problem == "expected a JSON array of worklogs objects, found dict"
+
+
+def test_json_array_with_a_non_object_names_the_item(export: Path) -> None:
+    (export / "worklogs.csv").unlink()
+    path = export / "worklogs.json"
+    path.write_text('[{"worklog_id": "A"}, {"worklog_id": "B"}, "C", {"worklog_id": "D"}]', encoding="utf-8")
+    error = _extract_error(export)
+    assert error.path == path
+    assert error.row == 3
+    assert error.problem == "expected an object, found str"
+    assert str(error) == f"{path}, row 3: expected an object, found str"
+
+
+@pytest.mark.parametrize(
+    ("name", "column"),
+    [("worklogs.csv", "started_at"), ("worklogs.csv", "duration_minutes"), ("tickets.csv", "customer_id")],
+)
+def test_missing_required_column_is_named(export: Path, name: str, column: str) -> None:
+    path = export / name
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame.drop(columns=[column]).to_csv(path, index=False)
+    error = _extract_error(export)
+    assert error.path == path
+    assert error.problem == f"missing column(s) {column}"
+    assert error.hint is not None and column in error.hint
+
+
+def test_missing_columns_in_customers_json(export: Path) -> None:
+    path = export / "customers.json"
+    customers = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps([{k: v for k, v in c.items() if k != "currency"} for c in customers]), encoding="utf-8")
+    error = _extract_error(export)
+    assert error.path == path
+    assert error.problem == "missing column(s) currency"
+
+
+def test_both_csv_and_json_worklogs(export: Path) -> None:
+    (export / "worklogs.json").write_text("[]", encoding="utf-8")
+    error = _extract_error(export)
+    assert error.path == export
+    assert error.problem == "both worklogs.csv and worklogs.json exist: keep one"
+
+
+def test_no_worklogs_file(export: Path) -> None:
+    (export / "worklogs.csv").unlink()
+    error = _extract_error(export)
+    assert error.path == export
+    assert error.problem == "no worklogs file: expected one of worklogs.csv, worklogs.json, worklogs.jsonl"
+
+
+def test_input_folder_does_not_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ConfigurationError) as caught:
+        FileDropSource(missing)
+    assert str(caught.value) == f"input folder {missing} does not exist"
+    assert caught.value.hint is not None and "--input" in caught.value.hint
+    assert not isinstance(caught.value, InputError)
+
+
+def test_manifest_with_an_impossible_period(export: Path) -> None:
+    path = export / "manifest.json"
+    path.write_text(json.dumps({"instance": "sample-export", "period": "2026-13"}), encoding="utf-8")
+    error = _extract_error(export)
+    assert error.path == path
+    assert error.field == "period"
+    assert "'2026-13' is not YYYY-MM" in error.problem
+    assert str(error).startswith(f"{path}, field 'period': ")
+    # An explicit period does not need the manifest's.
+    assert FileDropSource(export).extract("2026-10").period == "2026-10"
+
+
+def test_manifest_that_is_not_json(export: Path) -> None:
+    path = export / "manifest.json"
+    path.write_text("{period: 2026-10}", encoding="utf-8")
+    with pytest.raises(InputError) as caught:
+        FileDropSource(export)
+    assert caught.value.path == path
+    assert caught.value.problem.startswith("not valid JSON")
+
+
+def test_unclosed_quote_is_not_a_well_formed_csv(export: Path) -> None:
+    path = export / "worklogs.csv"
+    path.write_text(HEADER + '\nA,ACME,consulting,"2026-10-05T10:00:00Z,30\n', encoding="utf-8")
+    error = _extract_error(export)
+    assert error.path == path
+    assert error.problem.startswith("not a well-formed CSV file")
+    assert "\n" not in str(error)
+
+
+# --- 4., 5. unknown columns and a byte order mark -------------------------------------------------------------------
+
+
+def test_unknown_columns_are_ignored_and_noted(export: Path, sample_batch: WorkBatch) -> None:
+    path = export / "worklogs.csv"
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame.insert(2, "zz_internal_cost", "12.50")
+    frame["approved_by"] = "boss"
+    frame.to_csv(path, index=False)
+
+    batch = FileDropSource(export).extract()
+
+    assert batch.notes == ["worklogs.csv: ignored unknown column(s) zz_internal_cost, approved_by"]
+    assert list(batch.worklogs.columns) == list(WORKLOG_COLUMNS)
+    assert batch.worklogs["key"].tolist() == sample_batch.worklogs["key"].tolist()
+    assert batch.worklogs["content_hash"].tolist() == sample_batch.worklogs["content_hash"].tolist()
+
+
+def test_unknown_columns_in_read_table(tmp_path: Path) -> None:
+    path = tmp_path / "worklogs.csv"
+    path.write_text(HEADER + ",colour\nA,ACME,consulting,2026-10-05T10:00:00Z, 30 ,blue\n", encoding="utf-8")
+    frame, notes = read_table(path, WORKLOGS)
+    assert notes == ["worklogs.csv: ignored unknown column(s) colour"]
+    assert list(frame.columns) == [*WORKLOGS.columns, "source_row"]
+    assert frame.iloc[0].to_dict() == {
+        "worklog_id": "A", "customer_id": "ACME", "service_type": "consulting",
+        "started_at": "2026-10-05T10:00:00Z", "duration_minutes": "30", "ticket_id": "", "user": "",
+        "billable": "", "note": "", "source_row": 2,
+    }  # fmt: skip
+
+
+def test_utf8_bom_is_accepted(export: Path, sample_batch: WorkBatch) -> None:
+    path = export / "worklogs.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    batch = FileDropSource(export).extract()
+    assert batch.notes == []  # the BOM did not turn "worklog_id" into an unknown column
+    assert batch.worklogs["key"].tolist() == sample_batch.worklogs["key"].tolist()
+    assert batch.worklogs["content_hash"].tolist() == sample_batch.worklogs["content_hash"].tolist()
+
+
+# --- 6. rows with bad values ----------------------------------------------------------------------------------------
+
+
+def test_bad_values_are_issues_and_an_empty_id_gets_its_own_key(export: Path) -> None:
+    (export / "worklogs.csv").write_text(
+        HEADER + ",billable\n"
+        "WL-1,ACME,consulting,2026-10-05T10:00:00Z,30,true\n"
+        "WL-2,ACME,consulting,2026-10-05T11:00:00Z,45,maybe\n"
+        ",ACME,consulting,2026-10-05T12:00:00Z,15,no\n"
+        "  ,GLOBEX,consulting,2026-10-06T12:00:00Z,20,\n",
+        encoding="utf-8",
+    )
+    batch = FileDropSource(export).extract()
+
+    keys = batch.worklogs["key"].tolist()
+    assert keys == [
+        PREFIX + "WL-1",
+        PREFIX + "WL-2",
+        PREFIX + "@worklogs.csv:4",
+        PREFIX + "@worklogs.csv:5",
+    ]
+    assert batch.worklogs["raw_seconds"].tolist() == [1800, 2700, 900, 1200]
+    assert batch.worklogs["billable"].tolist()[0::2] == [True, False]  # "no" is not billable
+    assert batch.worklogs["billable"].tolist()[3]  # empty means billable
+    found = sorted(batch.issues[["key", "source_row", "field", "value", "problem"]].itertuples(index=False, name=None))
+    assert found == [
+        (PREFIX + "@worklogs.csv:4", 4, "worklog_id", "", "worklog_id is empty"),
+        (PREFIX + "@worklogs.csv:5", 5, "worklog_id", "", "worklog_id is empty"),
+        (PREFIX + "WL-2", 3, "billable", "maybe", "billable is not true or false"),
+    ]
+    assert set(batch.issues["source_file"]) == {"worklogs.csv"}
+
+
+# --- 7. any worklogs.csv: a batch or a user-facing error ------------------------------------------------------------
+
+COLUMNS = [*WORKLOGS.columns, "extra"]
+CELLS = st.one_of(
+    st.sampled_from([
+        "", " ", "WL-1", "WL-1", "ACME", "GLOBEX", "NORTHWIND", "HOOLI", "consulting", "true", "no", "maybe",
+        "30", "-5", "0.5", "1h30", "2026-10-05T10:00:00Z", "2026-10-31T23:30:00Z", "2026-11-01T00:30:00+01:00",
+        "2026-10-3x", "0001-01-01", '"', ",", "\n",
+    ]),
+    st.text(max_size=6),
+)  # fmt: skip
+
+
+@st.composite
+def worklog_files(draw: st.DrawFn) -> bytes:
+    """Mostly CSV with the required columns (so rows are read), sometimes anything at all."""
+    kind = draw(st.sampled_from(["csv", "csv", "joined", "text", "bytes"]))
+    if kind == "text":
+        return draw(st.text(max_size=200)).encode("utf-8")
+    if kind == "bytes":
+        return draw(st.binary(max_size=200))
+    header = [*draw(st.permutations(WORKLOGS.required)), *draw(st.lists(st.sampled_from(COLUMNS), max_size=3))]
+    rows = draw(st.lists(st.lists(CELLS, max_size=len(header) + 1), max_size=8))
+    if kind == "csv":
+        buffer = StringIO()
+        csv.writer(buffer).writerows([header, *rows])
+        return buffer.getvalue().encode("utf-8")
+    return "\n".join(",".join(cells) for cells in [header, *rows]).encode("utf-8")
+
+
+def _pandas_rows(data: bytes) -> pd.DataFrame | None:
+    """The table pandas reads from the file, as read_table reads it; None if pandas cannot read it."""
+    try:
+        with warnings.catch_warnings():  # the oracle reads as read_table does, quietly
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                StringIO(data.decode("utf-8-sig")),
+                dtype=str,
+                keep_default_na=False,
+                skipinitialspace=True,
+                index_col=False,
+            )
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+@settings(max_examples=50, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=worklog_files())
+def test_any_worklogs_file_gives_a_batch_or_a_user_facing_error(export: Path, data: bytes) -> None:
+    # The same folder serves every example: worklogs.csv, the only file that changes, is rewritten each time.
+    (export / "worklogs.csv").write_bytes(data)
+    frame = _pandas_rows(data)
+    try:
+        batch = FileDropSource(export).extract("2026-10")
+    except UserFacingError:
+        return
+    assert frame is not None, "a file pandas cannot read must be an InputError"
+    worklogs = batch.worklogs
+    assert list(worklogs.columns) == list(WORKLOG_COLUMNS)
+    assert len(worklogs) + batch.outside_period == len(frame)
+    # Every row is accounted for once: none is dropped and no duplicate is collapsed into another.
+    assert worklogs["source_row"].is_unique
+    assert set(worklogs["source_row"]) <= set(range(2, len(frame) + 2))
+    ids = frame["worklog_id"].str.strip()
+    expected = [PREFIX + i if i else f"{PREFIX}@worklogs.csv:{n}" for n, i in enumerate(ids, start=2)]
+    for row in worklogs.itertuples():
+        assert row.key == expected[row.source_row - 2]
+    # A duplicated key is not collapsed: it appears once per row that carries it (all of them, if none is outside).
+    counts, wanted = Counter(worklogs["key"]), Counter(expected)
+    assert counts <= wanted
+    if batch.outside_period == 0:
+        assert counts == wanted
+    without_id = worklogs.loc[worklogs["source_id"] == "", "key"]
+    assert without_id.is_unique
+    assert set(batch.issues["key"]) <= set(counts)
+
+
+# --- bugs the property test found, fixed ---
+
+
+def test_column_names_equal_after_stripping_are_an_input_error(export: Path) -> None:
+    path = export / "worklogs.csv"
+    path.write_text(HEADER + ",worklog_id \nA,ACME,consulting,2026-10-05T10:00:00Z,30,B\n", encoding="utf-8")
+    error = _extract_error(export)
+    assert error.path == path
+    assert "worklog_id" in error.problem
+
+
+@pytest.mark.parametrize("minutes", ["inf", "1e300"])
+def test_huge_duration_is_an_issue_not_a_crash(export: Path, minutes: str) -> None:
+    (export / "worklogs.csv").write_text(
+        HEADER + f"\nA,ACME,consulting,2026-10-05T10:00:00Z,30\nB,ACME,consulting,2026-10-05T11:00:00Z,{minutes}\n",
+        encoding="utf-8",
+    )
+    batch = FileDropSource(export).extract()
+    assert batch.worklogs["key"].tolist() == [PREFIX + "A", PREFIX + "B"]
+    assert batch.issues[["key", "field", "value"]].values.tolist() == [[PREFIX + "B", "duration_minutes", minutes]]
+
+
+@pytest.mark.parametrize("form", ["null", "missing key"])
+def test_json_null_is_an_empty_value(export: Path, form: str) -> None:
+    first = {
+        "worklog_id": "A", "customer_id": "ACME", "service_type": "consulting",
+        "started_at": "2026-10-05T10:00:00Z", "duration_minutes": 30, "ticket_id": "T-1001",
+    }  # fmt: skip
+    second = {**first, "worklog_id": None, "ticket_id": None}
+    if form == "missing key":
+        second = {k: v for k, v in second.items() if v is not None}
+    (export / "worklogs.csv").unlink()
+    (export / "worklogs.json").write_text(json.dumps([first, second]), encoding="utf-8")
+    batch = FileDropSource(export).extract()
+    assert batch.worklogs["key"].tolist() == [PREFIX + "A", PREFIX + "@worklogs.json:2"]
+    assert batch.worklogs["ticket_id"].fillna("<none>").tolist() == ["T-1001", "<none>"]
+    assert batch.issues[["key", "field"]].values.tolist() == [[PREFIX + "@worklogs.json:2", "worklog_id"]]
+
+
+def test_trailing_comma_on_every_row_does_not_shift_columns(export: Path) -> None:
+    (export / "worklogs.csv").write_text(
+        HEADER + "\nA,ACME,consulting,2026-10-05T10:00:00Z,30,\nB,GLOBEX,consulting,2026-10-05T11:00:00Z,45,\n",
+        encoding="utf-8",
+    )
+    try:
+        batch = FileDropSource(export).extract()
+    except InputError as error:  # refusing the file is as good as reading it right
+        assert error.path == export / "worklogs.csv"
+        return
+    assert batch.worklogs["key"].tolist() == [PREFIX + "A", PREFIX + "B"]
+    assert batch.worklogs["customer_id"].tolist() == ["ACME", "GLOBEX"]
