@@ -123,6 +123,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         ("customer", "left"),
         ("status", "left"),
         ("lines", "right"),
+        ("untaxed", "right"),
+        ("tax", "right"),
         ("total", "right"),
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
@@ -133,6 +135,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
             inv["status"],
             str(len(inv["lines"])),
             format_money(inv["total_minor"], inv["currency"]),
+            format_money(inv["tax_minor"], inv["currency"]),
+            format_money(inv["gross_minor"], inv["currency"]),
         )
     out.print(table)
     if summary["quarantined"]:

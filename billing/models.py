@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
@@ -155,7 +155,11 @@ class InvoiceDraft(Model):
     lines: tuple[ChargeLine, ...]
     customer_name: str = ""
     customer_erp_ref: str | None = None
+    customer_country: str | None = None
     money_rounding: Rounding = Rounding.HALF_UP
+    tax_id: str = "no-tax"
+    tax_rate: Decimal = Decimal(0)
+    tax_rounding: Literal["document", "line"] = "document"
 
     @field_validator("period")
     @classmethod
@@ -172,16 +176,39 @@ class InvoiceDraft(Model):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def total_minor(self) -> int:
-        """The sum of the displayed lines, and nothing else."""
+        """The untaxed total: the sum of the displayed lines, and nothing else."""
         return sum(line.amount_minor for line in self.lines)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def tax_minor(self) -> int:
+        """Tax at ``tax_rate``, rounded once for the document or per line, by the currency's rounding."""
+        mode = self.money_rounding.decimal_mode
+
+        def tax(amount: int) -> int:
+            return int((Decimal(amount) * self.tax_rate).quantize(Decimal(1), rounding=mode))
+
+        if self.tax_rounding == "line":
+            return sum(tax(line.amount_minor) for line in self.lines)
+        return tax(self.total_minor)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def gross_minor(self) -> int:
+        return self.total_minor + self.tax_minor
 
 
 class PostingReceipt(Model):
+    """What the ERP says it holds for a draft's key. ``total_minor`` is untaxed, as on drafts."""
+
     draft_key: str
     erp: str
     erp_id: str
     erp_number: str
     total_minor: int
+    tax_minor: int = 0
+    gross_minor: int = 0
+    state: str = "posted"
     currency: str
     posted_at: datetime
     already_existed: bool = False  # found by its key in the ERP instead of created by this call

@@ -29,7 +29,8 @@ from billing.money import to_decimal
 
 IMPORT_COLUMNS = (
     "invoice_number", "external_reference", "invoice_date", "customer_ref", "customer_name", "currency",
-    "line_no", "description", "quantity", "unit_price", "line_amount", "invoice_total",
+    "line_no", "description", "quantity", "unit_price", "line_amount", "tax_id", "tax_rate", "invoice_untaxed",
+    "invoice_tax", "invoice_total",
 )  # fmt: skip
 
 
@@ -70,7 +71,8 @@ class FileErp:
     def _receipt(document: dict[str, Any], already_existed: bool) -> PostingReceipt:
         return PostingReceipt(
             draft_key=document["external_reference"], erp="files", erp_id=document["number"],
-            erp_number=document["number"], total_minor=document["total_minor"], currency=document["currency"],
+            erp_number=document["number"], total_minor=document["untaxed_minor"], currency=document["currency"],
+            tax_minor=document["tax"]["amount_minor"], gross_minor=document["gross_minor"],
             posted_at=datetime.fromisoformat(document["posted_at"]), already_existed=already_existed,
         )  # fmt: skip
 
@@ -111,8 +113,12 @@ class FileErp:
                  "amount": str(to_decimal(line.amount_minor, cur)), "amount_minor": line.amount_minor}
                 for no, line in enumerate(draft.lines, start=1)
             ],
-            "total": str(to_decimal(draft.total_minor, cur)),
-            "total_minor": draft.total_minor,
+            "untaxed": str(to_decimal(draft.total_minor, cur)),
+            "untaxed_minor": draft.total_minor,
+            "tax": {"id": draft.tax_id, "rate": str(draft.tax_rate), "rounding": draft.tax_rounding,
+                    "amount": str(to_decimal(draft.tax_minor, cur)), "amount_minor": draft.tax_minor},
+            "gross": str(to_decimal(draft.gross_minor, cur)),
+            "gross_minor": draft.gross_minor,
         }  # fmt: skip
         path = self._path(draft.key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +145,8 @@ class FileErp:
                         doc["number"], doc["external_reference"], doc["invoice_date"],
                         doc["customer"]["erp_ref"] or doc["customer"]["id"], doc["customer"]["name"],
                         doc["currency"], line["line_no"], line["description"], line["quantity"],
-                        line["unit_price"], line["amount"], doc["total"],
+                        line["unit_price"], line["amount"], doc["tax"]["id"], doc["tax"]["rate"], doc["untaxed"],
+                        doc["tax"]["amount"], doc["gross"],
                     ])  # fmt: skip
         os.replace(tmp, path)
 

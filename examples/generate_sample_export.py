@@ -135,7 +135,14 @@ class Customer:
 
 CUSTOMERS = (
     Customer(
-        "ACME", "Acme Logistics GmbH", "EUR", "Europe/Berlin", "C-10001", "DE", 35, "acme-logistics.de",
+        "ACME",
+        "Acme Logistics GmbH",
+        "EUR",
+        "Europe/Berlin",
+        "C-10001",
+        "DE",
+        35,
+        "acme-logistics.de",
         ("Hamburg warehouse", "Bremen office", "dispatch office", "loading dock"),
         ("accounting", "dispatch", "warehouse", "HR"),
         ("J. Becker", "M. Schulz", "S. Wagner", "K. Müller", "T. Hoffmann"),
@@ -143,7 +150,14 @@ CUSTOMERS = (
         (6, 1, 1, 0.5, 3, 0.5),
     ),
     Customer(
-        "GLOBEX", "Globex Engineering B.V.", "EUR", "Europe/Amsterdam", "", "NL", 25, "globex-eng.nl",
+        "GLOBEX",
+        "Globex Engineering B.V.",
+        "EUR",
+        "Europe/Amsterdam",
+        "",
+        "NL",
+        25,
+        "globex-eng.nl",
         ("Eindhoven lab", "Rotterdam office", "meeting room Maas"),
         ("engineering", "finance", "sales"),
         ("P. de Vries", "L. Jansen", "R. Bakker", "S. van Dijk"),
@@ -151,7 +165,13 @@ CUSTOMERS = (
         (1, 0.5, 4, 0.5, 4, 1),
     ),
     Customer(
-        "NORTHWIND", "Northwind Dental LLC", "USD", "America/New_York", "C-10003", "US", 25,
+        "NORTHWIND",
+        "Northwind Dental LLC",
+        "USD",
+        "America/New_York",
+        "C-10003",
+        "US",
+        25,
         "northwinddental.com",
         ("Main St clinic", "Elm Ave clinic", "front desk", "operatory 3"),
         ("front desk", "billing", "hygienists"),
@@ -160,7 +180,14 @@ CUSTOMERS = (
         (0.5, 5, 0.5, 4, 0.5, 1),
     ),
     Customer(
-        "INITECH", "Initech Software Inc.", "USD", "America/Chicago", "", "US", 15, "initech.com",
+        "INITECH",
+        "Initech Software Inc.",
+        "USD",
+        "America/Chicago",
+        "",
+        "US",
+        15,
+        "initech.com",
         ("Austin office", "QA lab", "3rd floor"),
         ("QA", "finance", "support"),
         ("P. Gibbons", "J. Smith", "A. Garcia", "S. Lee"),
@@ -497,8 +524,11 @@ def pick_minute_of_day(rng: random.Random, category: str, duration: int) -> int:
 def matching_days(first: date, last: date, category: str) -> list[date]:
     """Days of the window that suit the category, widening the window inside October if none do."""
     for lo, hi in ((first, last), (first, PERIOD_LAST), (PERIOD_FIRST, PERIOD_LAST)):
-        days = [d for d in days_between(max(lo, PERIOD_FIRST), min(hi, PERIOD_LAST))
-                if (d.weekday() >= 5) == (category == WEEKEND)]
+        days = [
+            d
+            for d in days_between(max(lo, PERIOD_FIRST), min(hi, PERIOD_LAST))
+            if (d.weekday() >= 5) == (category == WEEKEND)
+        ]
         if days:
             return days
     raise AssertionError("October always has weekdays and weekends")
@@ -539,23 +569,73 @@ def note_for(rng: random.Random, service_type: str, topic: str) -> str:
 def make_tickets(rng: random.Random) -> list[Ticket]:
     tickets: list[Ticket] = []
 
-    def add(customer: Customer, subject: str, topic: str, ticket_type: str, priority: str, state: str,
-            created: datetime, span_days: int) -> Ticket:
-        ticket = Ticket(len(tickets), customer, subject, topic, ticket_type, priority, state, created,
-                        span_days, pick_tech(rng, customer))
+    def add(
+        customer: Customer,
+        subject: str,
+        topic: str,
+        ticket_type: str,
+        priority: str,
+        state: str,
+        created: datetime,
+        span_days: int,
+    ) -> Ticket:
+        ticket = Ticket(
+            len(tickets),
+            customer,
+            subject,
+            topic,
+            ticket_type,
+            priority,
+            state,
+            created,
+            span_days,
+            pick_tech(rng, customer),
+        )
         tickets.append(ticket)
         return ticket
 
     acme, globex, northwind = CUSTOMER_BY_ID["ACME"], CUSTOMER_BY_ID["GLOBEX"], CUSTOMER_BY_ID["NORTHWIND"]
     # Four fixed tickets that carry the out-of-period work logs.
-    add(acme, "Backup job failed on ACME-FS01", "backup", "incident", "high", DONE,
-        local_to_utc(date(2026, 9, 29), 9 * 60 + 12, acme.tz), 3)
-    add(northwind, "VPN drops every 20 minutes", "network", "incident", "high", DONE,
-        local_to_utc(date(2026, 9, 30), 16 * 60 + 40, northwind.tz), 2)
-    add(globex, "Replace core switch in Rotterdam office", "project", "change", "normal", IN_PROGRESS,
-        local_to_utc(date(2026, 10, 14), 10 * 60 + 3, globex.tz), 0)
-    add(acme, "Upgrade ACME-APP02 to Windows Server 2025", "project", "change", "normal", IN_PROGRESS,
-        local_to_utc(date(2026, 10, 19), 14 * 60 + 27, acme.tz), 0)
+    add(
+        acme,
+        "Backup job failed on ACME-FS01",
+        "backup",
+        "incident",
+        "high",
+        DONE,
+        local_to_utc(date(2026, 9, 29), 9 * 60 + 12, acme.tz),
+        3,
+    )
+    add(
+        northwind,
+        "VPN drops every 20 minutes",
+        "network",
+        "incident",
+        "high",
+        DONE,
+        local_to_utc(date(2026, 9, 30), 16 * 60 + 40, northwind.tz),
+        2,
+    )
+    add(
+        globex,
+        "Replace core switch in Rotterdam office",
+        "project",
+        "change",
+        "normal",
+        IN_PROGRESS,
+        local_to_utc(date(2026, 10, 14), 10 * 60 + 3, globex.tz),
+        0,
+    )
+    add(
+        acme,
+        "Upgrade ACME-APP02 to Windows Server 2025",
+        "project",
+        "change",
+        "normal",
+        IN_PROGRESS,
+        local_to_utc(date(2026, 10, 19), 14 * 60 + 27, acme.tz),
+        0,
+    )
     n_fixed = {"ACME": 2, "GLOBEX": 1, "NORTHWIND": 1, "INITECH": 0}
 
     plans: list[tuple[Customer, tuple[str, str, str]]] = []
@@ -615,7 +695,8 @@ def allocate_slots(rng: random.Random, tickets: list[Ticket]) -> None:
     active = [t for t in tickets if t.state != NEW]
     type_weight = {"incident": 1.0, "service_request": 1.0, "change": 1.8, "problem": 2.0}
     weights = [
-        type_weight[t.ticket_type] * (2.0 if t.topic == "project" else 1.0)
+        type_weight[t.ticket_type]
+        * (2.0 if t.topic == "project" else 1.0)
         * rng.choice((0.5, 1.0, 1.0, 1.0, 1.5, 2.0, 3.0))
         * min(1.0, ((ticket_window(t)[1] - ticket_window(t)[0]).days + 1) / (t.span_days + 1))
         for t in active
@@ -629,20 +710,50 @@ def allocate_slots(rng: random.Random, tickets: list[Ticket]) -> None:
 def fixed_out_of_period(tickets: list[Ticket]) -> list[WorkLog]:
     """The four good rows that belong to September or November in the customer's local time."""
     specs = (  # ticket seq, local day, local minute of day, user, service, minutes, note
-        (0, date(2026, 9, 30), 15 * 60, "anna.schmidt", "remote_support", 45,
-         "Checked backup logs, fixed service credentials"),
-        (1, date(2026, 9, 30), 20 * 60 + 30, "ben.carter", "remote_support", 35,
-         "Adjusted DPD timeout on firewall"),
-        (2, date(2026, 11, 1), 30, "emil.novak", "project_work", 60,
-         "Maintenance window: switch cutover prep, config backup taken"),
-        (3, date(2026, 11, 1), 90, "anna.schmidt", "project_work", 45,
-         "Maintenance window: in-place upgrade, snapshot taken"),
+        (
+            0,
+            date(2026, 9, 30),
+            15 * 60,
+            "anna.schmidt",
+            "remote_support",
+            45,
+            "Checked backup logs, fixed service credentials",
+        ),
+        (1, date(2026, 9, 30), 20 * 60 + 30, "ben.carter", "remote_support", 35, "Adjusted DPD timeout on firewall"),
+        (
+            2,
+            date(2026, 11, 1),
+            30,
+            "emil.novak",
+            "project_work",
+            60,
+            "Maintenance window: switch cutover prep, config backup taken",
+        ),
+        (
+            3,
+            date(2026, 11, 1),
+            90,
+            "anna.schmidt",
+            "project_work",
+            45,
+            "Maintenance window: in-place upgrade, snapshot taken",
+        ),
     )
     rows = []
     for seq, day, minute, user, service_type, minutes, note in specs:
         ticket = tickets[seq]
-        row = WorkLog(-1, ticket.customer, ticket, "", service_type, fixed=True,
-                      start=local_to_utc(day, minute, ticket.customer.tz), duration=minutes, user=user, note=note)
+        row = WorkLog(
+            -1,
+            ticket.customer,
+            ticket,
+            "",
+            service_type,
+            fixed=True,
+            start=local_to_utc(day, minute, ticket.customer.tz),
+            duration=minutes,
+            user=user,
+            note=note,
+        )
         rows.append(row)
     return rows
 
@@ -655,8 +766,7 @@ def place(rng: random.Random, row: WorkLog, busy: dict[str, list[tuple[datetime,
     for attempt in range(300):  # a busy technician or a full day widens the window step by step
         days = matching_days(*widened[min(attempt // 100, 2)], row.category)
         user = preferred if attempt % 100 < 20 and rng.random() < 0.7 else pick_tech(rng, row.customer)
-        start = local_to_utc(rng.choice(days), pick_minute_of_day(rng, row.category, row.duration),
-                             row.customer.tz)
+        start = local_to_utc(rng.choice(days), pick_minute_of_day(rng, row.category, row.duration), row.customer.tz)
         end = start + timedelta(minutes=row.duration)
         if end > LATEST_END or any(s < end and start < e for s, e in busy[user]):
             continue
@@ -674,19 +784,30 @@ def make_worklogs(rng: random.Random, tickets: list[Ticket]) -> list[WorkLog]:
             rows.append(WorkLog(len(rows), ticket.customer, ticket, BUSINESS, service_type))
     for customer_id, note, service_type, first, last in NO_TICKET_WORK:
         window = (date(2026, 10, first), date(2026, 10, last))
-        rows.append(WorkLog(len(rows), CUSTOMER_BY_ID[customer_id], None, BUSINESS, service_type,
-                            billable=service_type != "internal", note=note, window=window))
+        rows.append(
+            WorkLog(
+                len(rows),
+                CUSTOMER_BY_ID[customer_id],
+                None,
+                BUSINESS,
+                service_type,
+                billable=service_type != "internal",
+                note=note,
+                window=window,
+            )
+        )
 
     # After-hours work leans towards urgent tickets, weekend work towards changes and projects.
-    after_weights = [
-        {"urgent": 5.0, "high": 3.0}.get(r.ticket.priority, 1.0) if r.ticket else 1.0 for r in rows
-    ]
+    after_weights = [{"urgent": 5.0, "high": 3.0}.get(r.ticket.priority, 1.0) if r.ticket else 1.0 for r in rows]
     for index in weighted_sample(rng, after_weights, N_AFTER_HOURS):
         rows[index].category = AFTER_HOURS
     weekend_weights = [
-        0.001 if r.category != BUSINESS
-        else 4.0 if r.ticket and (r.ticket.ticket_type == "change" or r.ticket.topic == "project")
-        else 3.0 if r.ticket and r.ticket.priority == "urgent"
+        0.001
+        if r.category != BUSINESS
+        else 4.0
+        if r.ticket and (r.ticket.ticket_type == "change" or r.ticket.topic == "project")
+        else 3.0
+        if r.ticket and r.ticket.priority == "urgent"
         else 1.0
         for r in rows
     ]
@@ -729,8 +850,12 @@ def finish_tickets(rng: random.Random, tickets: list[Ticket], rows: list[WorkLog
             ticket.resolved_at = min(last_end + timedelta(minutes=gap), EXPORTED_AT - timedelta(minutes=2))
             closed_likely = ticket.resolved_at < datetime(2026, 10, 24, tzinfo=UTC)
             ticket.status = "closed" if (rng.random() < 0.85) == closed_likely else "resolved"
-            if len(work) >= 2 and not work[-1].fixed and work[-1].service_type == "remote_support" \
-                    and rng.random() < 0.5:
+            if (
+                len(work) >= 2
+                and not work[-1].fixed
+                and work[-1].service_type == "remote_support"
+                and rng.random() < 0.5
+            ):
                 work[-1].note = rng.choice(CLOSING_NOTES)
         else:
             ticket.status = ticket.state
@@ -742,7 +867,8 @@ def finish_tickets(rng: random.Random, tickets: list[Ticket], rows: list[WorkLog
 def choose_bad_rows(rows: list[WorkLog]) -> list[WorkLog]:
     """Seven ordinary rows, spread through the file, that become bad rows a-g."""
     eligible = [
-        i for i, r in enumerate(rows)
+        i
+        for i, r in enumerate(rows)
         if r.ticket and not r.fixed and r.category == BUSINESS and r.service_type != "internal"
     ]
     chosen: list[int] = []
@@ -776,8 +902,9 @@ def adjust_good_rows(rng: random.Random, good: list[WorkLog]) -> None:
     for index in sorted(rng.sample(range(len(remote)), N_GOODWILL)):
         row = remote[index]
         row.billable = False
-        row.note = rng.choice((f"Goodwill: {row.note}", f"Warranty rework: {row.note}",
-                               f"{row.note} (no charge, goodwill)"))
+        row.note = rng.choice(
+            (f"Goodwill: {row.note}", f"Warranty rework: {row.note}", f"{row.note} (no charge, goodwill)")
+        )
     for customer_id, notes in NON_ASCII_NOTES.items():
         pool = [r for r in remote if r.billable and r.customer.customer_id == customer_id]
         for note, index in zip(notes, sorted(rng.sample(range(len(pool)), len(notes))), strict=True):
@@ -822,9 +949,15 @@ def main() -> None:
     output.insert(int(0.68 * len(output)), duplicate.row())
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    write_json(OUT_DIR / "manifest.json", {
-        "source": "files", "instance": "sample-export", "period": PERIOD, "exported_at": iso(EXPORTED_AT),
-    })
+    write_json(
+        OUT_DIR / "manifest.json",
+        {
+            "source": "files",
+            "instance": "sample-export",
+            "period": PERIOD,
+            "exported_at": iso(EXPORTED_AT),
+        },
+    )
     write_json(OUT_DIR / "customers.json", [c.export() for c in CUSTOMERS])
     write_csv(OUT_DIR / "tickets.csv", TICKET_COLUMNS, [t.row() for t in tickets])
     write_csv(OUT_DIR / "worklogs.csv", WORKLOG_COLUMNS, output)

@@ -26,8 +26,9 @@ def ticket_to_invoice(
     approve: Literal["auto", "manual"] | None = None,
 ) -> dict[str, Any]:
     """Bill one period's work. Parameters left empty come from settings (environment, config file, defaults)."""
-    settings = load_settings(period=period, source=source, input_dir=input_dir, erp=erp, rules_file=rules,
-                             approve=approve)
+    settings = load_settings(
+        period=period, source=source, input_dir=input_dir, erp=erp, rules_file=rules, approve=approve
+    )
     period = resolve_period(settings)
 
     batch = extract(settings, period)

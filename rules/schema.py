@@ -103,6 +103,24 @@ class NonBillableRule(Strict):
     when: dict[Literal["billable", "service_type"], bool | str | list[str]]
 
 
+class TaxRate(Strict):
+    id: str
+    rate: Decimal = Field(ge=0, le=1, description="0.19 for 19 %")
+    countries: list[str] = Field(default_factory=list, description="ISO 3166 codes of the customers it applies to")
+
+
+class Taxes(Strict):
+    """Tax per customer country. ``document`` rounding rounds the invoice's tax once; ``line`` rounds each
+    line's tax and adds them up. Amounts round by the currency's money rounding."""
+
+    rounding: Literal["document", "line"] = "document"
+    rates: list[TaxRate] = Field(default_factory=list)
+    otherwise: TaxRate = TaxRate(id="no-tax", rate=Decimal(0))
+
+    def for_country(self, country: str | None) -> TaxRate:
+        return next((t for t in self.rates if country in t.countries), self.otherwise)
+
+
 class Approval(Strict):
     auto_approve_below: dict[Currency, Decimal] = Field(
         default_factory=dict, description="Drafts with a total below this (per currency) approve themselves."
@@ -119,6 +137,7 @@ class RuleSet(Strict):
     customer_rates: list[CustomerRate] = Field(default_factory=list)
     modifiers: Modifiers = Modifiers()
     non_billable: list[NonBillableRule] = Field(default_factory=list)
+    taxes: Taxes = Taxes()
     approval: Approval = Approval()
 
     @model_validator(mode="after")

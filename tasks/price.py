@@ -61,10 +61,12 @@ def build_drafts(settings: Settings, batch: WorkBatch, lines: pd.DataFrame) -> l
             for row in group.to_dict("records")
         )  # fmt: skip
         version = posted.get((customer_id, "default", currency), 0) + 1
+        tax = rules.taxes.for_country(customer.country)
         drafts.append(InvoiceDraft(
             customer_id=customer_id, period=batch.period, currency=currency, version=version, lines=charge_lines,
-            customer_name=customer.name, customer_erp_ref=customer.erp_ref,
-            money_rounding=rules.money_rounding(currency),
+            customer_name=customer.name, customer_erp_ref=customer.erp_ref, customer_country=customer.country,
+            money_rounding=rules.money_rounding(currency), tax_id=tax.id, tax_rate=tax.rate,
+            tax_rounding=rules.taxes.rounding,
         ))  # fmt: skip
     ledger.save_drafts(batch.period, drafts, actor="draft")
     return drafts

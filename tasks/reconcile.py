@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from billing.ledger import Ledger, WorkState
+from billing.models import DraftState
 from billing.money import format_money
 from billing.settings import Settings
 from tasks.post import make_erp
@@ -31,44 +32,41 @@ class ReconcileReport:
 
 
 def reconcile_period(settings: Settings, period: str) -> ReconcileReport:
+    """Compare every posted draft with what the ERP holds for its key: untaxed, tax and total, to the cent.
+
+    The ERP computes tax itself, so agreement is an independent check of our arithmetic.
+    """
     ledger = Ledger(settings.resolved_ledger_url)
     erp = make_erp(settings)
-    postings = ledger.postings(period)
-    found = erp.read_back([p.draft_key for p in postings])
+    posted = ledger.drafts(period, states=[DraftState.POSTED])
+    numbers = {p.draft_key: p.erp_number for p in ledger.postings(period)}
+    found = erp.read_back([d.key for d in posted])
     report = ReconcileReport(period=period)
     matched = []
-    for posting in postings:
-        in_erp = found.get(posting.draft_key, [])
-        erp_total = in_erp[0].total_minor if in_erp else None
-        status = "ok"
+    for draft in posted:
+        in_erp = found.get(draft.key, [])
+        ours = (draft.total_minor, draft.tax_minor, draft.gross_minor)
+        theirs = (in_erp[0].total_minor, in_erp[0].tax_minor, in_erp[0].gross_minor) if in_erp else None
         if not in_erp:
             status = "missing_in_erp"
         elif len(in_erp) > 1:
             status = "duplicate"
-            report.duplicates.append({"key": posting.draft_key, "erp_numbers": [r.erp_number for r in in_erp]})
-        elif erp_total != posting.total_minor:
+            report.duplicates.append({"key": draft.key, "erp_numbers": [r.erp_number for r in in_erp]})
+        elif theirs != ours:
             status = "mismatch"
+        else:
+            status = "ok"
+            matched.append(draft.key)
+        entry = {
+            "key": draft.key, "erp_number": numbers.get(draft.key), "currency": draft.currency,
+            "total_minor": draft.total_minor, "erp_total_minor": theirs[0] if theirs else None,
+            "tax_minor": draft.tax_minor, "erp_tax_minor": theirs[1] if theirs else None,
+            "gross_minor": draft.gross_minor, "erp_gross_minor": theirs[2] if theirs else None,
+            "erp_state": in_erp[0].state if in_erp else None, "status": status,
+        }  # fmt: skip
+        report.invoices.append(entry)
         if status in ("missing_in_erp", "mismatch"):
-            report.mismatches.append(
-                {
-                    "key": posting.draft_key,
-                    "total_minor": posting.total_minor,
-                    "erp_total_minor": erp_total,
-                    "status": status,
-                }
-            )
-        if status == "ok":
-            matched.append(posting.draft_key)
-        report.invoices.append(
-            {
-                "key": posting.draft_key,
-                "erp_number": posting.erp_number,
-                "total_minor": posting.total_minor,
-                "erp_total_minor": erp_total,
-                "currency": posting.currency,
-                "status": status,
-            }
-        )
+            report.mismatches.append(entry)
     ledger.mark_reconciled(matched, actor=f"reconcile:{erp.name}")
     items = ledger.work_items(period)
     report.unbilled = sorted(items.loc[items["state"].isin([s.value for s in UNBILLED_STATES]), "key"])
@@ -85,7 +83,8 @@ def period_summary(settings: Settings, period: str, new_postings: int, failures:
     states = ledger.draft_states(d.key for d in drafts)
     invoices = [
         {"key": d.key, "customer": d.customer_id, "customer_name": d.customer_name, "period": d.period,
-         "currency": d.currency, "version": d.version, "total_minor": d.total_minor,
+         "currency": d.currency, "version": d.version, "total_minor": d.total_minor, "tax_minor": d.tax_minor,
+         "gross_minor": d.gross_minor,
          "status": states[d.key].value, "erp_number": numbers.get(d.key),
          "lines": [{"source_id": line.source_id, "description": line.description,
                     "quantity": str(line.quantity_billed), "unit_price_minor": line.unit_price_minor,
@@ -114,7 +113,9 @@ def publish(summary: dict[str, Any], report: ReconcileReport) -> None:
         key=f"invoices-{period.replace('-', '')}",
         table=[{"invoice": i["erp_number"] or "(not posted)", "customer": i["customer_name"] or i["customer"],
                 "status": i["status"], "lines": len(i["lines"]),
-                "total": format_money(i["total_minor"], i["currency"])} for i in summary["invoices"]],
+                "untaxed": format_money(i["total_minor"], i["currency"]),
+                "tax": format_money(i["tax_minor"], i["currency"]),
+                "total": format_money(i["gross_minor"], i["currency"])} for i in summary["invoices"]],
         description=f"Invoices of {period}",
     )  # fmt: skip
     counts = summary["counts"]

@@ -52,7 +52,8 @@ def test_run_json_is_the_documented_object(demo_home: tuple[Path, dict[str, Any]
         document = json.loads(
             next((home / "erp-files" / invoice["period"]).glob(f"{invoice['customer']}-*-v1.json")).read_text()
         )
-        assert document["total_minor"] == invoice["total_minor"]
+        assert document["untaxed_minor"] == invoice["total_minor"]
+        assert document["gross_minor"] == invoice["gross_minor"]
         assert document["number"] == invoice["erp_number"]
     assert {i["currency"] for i in first["invoices"]} == {"EUR", "USD"}
     assert first["new_postings"] == 4 and second["new_postings"] == 0

@@ -59,8 +59,10 @@ def test_sample_export_is_billed_once_with_exact_money(run: Callable[..., dict[s
     for invoice in first["invoices"]:
         document = documents[invoice["key"]]
         assert document["number"] == invoice["erp_number"]
-        assert document["total_minor"] == invoice["total_minor"] == sum(li["amount_minor"] for li in invoice["lines"])
-        assert sum(line["amount_minor"] for line in document["lines"]) == document["total_minor"]
+        assert document["untaxed_minor"] == invoice["total_minor"] == sum(li["amount_minor"] for li in invoice["lines"])
+        assert sum(line["amount_minor"] for line in document["lines"]) == document["untaxed_minor"]
+        assert document["tax"]["amount_minor"] == invoice["tax_minor"]
+        assert document["gross_minor"] == invoice["gross_minor"] == invoice["total_minor"] + invoice["tax_minor"]
     with (home / "erp-files" / "2026-10" / "import.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     cents: Counter[str] = Counter()

@@ -116,7 +116,9 @@ class Posting(Base):
     erp: Mapped[str] = mapped_column(String(50))
     erp_id: Mapped[str] = mapped_column(String(100))
     erp_number: Mapped[str] = mapped_column(String(100))
-    total_minor: Mapped[int] = mapped_column(BigInteger)
+    total_minor: Mapped[int] = mapped_column(BigInteger)  # untaxed, the sum of the lines
+    tax_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    gross_minor: Mapped[int] = mapped_column(BigInteger, default=0)
     currency: Mapped[str] = mapped_column(String(3))
     posted_at: Mapped[datetime] = mapped_column(default=utcnow)
 

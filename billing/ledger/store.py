@@ -33,6 +33,7 @@ from billing.models import ApprovalDecision, DraftState, InvoiceDraft, PostingRe
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 CHUNK = 500  # keys per IN (...) clause: SQLite allows 32k parameters, PostgreSQL 65k
+DERIVED = {"_hash", *InvoiceDraft.model_computed_fields}  # stored for readers, recomputed on load
 UNPOSTED_DRAFT_STATES = (DraftState.DRAFTED, DraftState.APPROVED, DraftState.REJECTED)
 
 
@@ -367,7 +368,7 @@ class Ledger:
             query = query.where(InvoiceDraftRow.state.in_([s.value for s in states]))
         with Session(self.engine) as session:
             return [
-                InvoiceDraft.model_validate({k: v for k, v in doc.items() if k not in ("_hash", "key", "total_minor")})
+                InvoiceDraft.model_validate({k: v for k, v in doc.items() if k not in DERIVED})
                 for doc in session.scalars(query)
             ]
 
@@ -422,6 +423,8 @@ class Ledger:
                             erp_id=r.erp_id,
                             erp_number=r.erp_number,
                             total_minor=r.total_minor,
+                            tax_minor=r.tax_minor,
+                            gross_minor=r.gross_minor,
                             currency=r.currency,
                             posted_at=r.posted_at,
                         )

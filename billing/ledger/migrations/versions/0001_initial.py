@@ -86,6 +86,8 @@ def upgrade() -> None:
         sa.Column("erp_id", sa.String(length=100), nullable=False),
         sa.Column("erp_number", sa.String(length=100), nullable=False),
         sa.Column("total_minor", sa.BigInteger(), nullable=False),
+        sa.Column("tax_minor", sa.BigInteger(), nullable=False),
+        sa.Column("gross_minor", sa.BigInteger(), nullable=False),
         sa.Column("currency", sa.String(length=3), nullable=False),
         sa.Column("posted_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
