@@ -67,7 +67,13 @@ def run(
     ] = None,
     source: Annotated[Literal["files"] | None, typer.Option(help="Where work comes from.")] = None,
     input_dir: Annotated[Path | None, typer.Option("--input", help="Folder of a file-drop export.")] = None,
-    erp: Annotated[Literal["files"] | None, typer.Option(help="Where invoices go.")] = None,
+    erp: Annotated[
+        Literal["tryton", "files"] | None,
+        typer.Option(
+            help="Where invoices go: tryton (embedded unless TICKET_TO_INVOICE_TRYTON_URL is set) or "
+            "files (JSON + CSV import file under var/erp-files)."
+        ),
+    ] = None,
     rules: Annotated[Path | None, typer.Option(help="Rules file (YAML). Default: rules/examples/demo.yaml.")] = None,
     approve: Annotated[
         Literal["auto", "manual"] | None,
@@ -157,6 +163,58 @@ def _print_summary(summary: dict[str, Any]) -> None:
         out.print(f"[dim]note: {note}[/]")
     for failure in summary["posting_failures"]:
         err.print(f"[red]posting failed[/] {failure['draft_key']}: {failure['error']}")
+
+
+@app.command()
+def reconcile(
+    period: Annotated[
+        str | None, typer.Option(help="Billing period YYYY-MM. Default: the export's own period.")
+    ] = None,
+    erp: Annotated[Literal["tryton", "files"] | None, typer.Option(help="The ERP to read back from.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")
+    ] = False,
+) -> None:
+    """Read every posted invoice back from the ERP and compare it with the ledger to the cent.
+
+    Reports mismatches (untaxed, tax or total differ), duplicates (ERP invoices sharing one key) and unbilled
+    work items. Exit code 1 when there is a mismatch or a duplicate.
+
+        ticket-to-invoice reconcile --period 2026-10 --json
+    """
+    try:
+        settings = load_settings(period=period, erp=erp)
+        _prepare_prefect(settings)
+        from flows.reconcile import reconcile_erp
+
+        redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+        with redirect, contextlib.nullcontext() if as_json else err.status("Reconciling…"):
+            report = reconcile_erp(period=settings.period, erp=settings.erp)
+    except UserFacingError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        table = Table(title=f"Reconciliation {report['period']}")
+        for column in ("invoice", "key", "status", "ours (total)", "ERP (total)"):
+            table.add_column(column)
+        for i in report["invoices"]:
+            theirs = i["erp_gross_minor"]
+            table.add_row(
+                i["erp_number"] or "—",
+                i["key"],
+                i["status"],
+                format_money(i["gross_minor"], i["currency"]),
+                "—" if theirs is None else format_money(theirs, i["currency"]),
+            )
+        out.print(table)
+        out.print(
+            f"{len(report['mismatches'])} mismatches, {len(report['duplicates'])} duplicates, "
+            f"{len(report['unbilled'])} unbilled work items, "
+            f"{len(report['changed_after_billing'])} changed after billing."
+        )
+    if report["mismatches"] or report["duplicates"]:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -41,7 +41,13 @@ class Settings(BaseSettings):
     source: Literal["files"] = "files"
     input_dir: Path = Field(default=SAMPLE_EXPORT, description="Folder of a file-drop export.")
     rules_file: Path = Field(default=EXAMPLE_RULES, description="Pricing and approval rules (YAML).")
-    erp: Literal["files"] = "files"
+    erp: Literal["tryton", "files"] = Field(
+        default="tryton", description="tryton (embedded unless tryton_url is set) or files (JSON + CSV export)."
+    )
+    tryton_url: str | None = Field(default=None, description="A running Tryton; default: an embedded one.")
+    tryton_database: str = "ticket_to_invoice"
+    tryton_user: str = "admin"
+    tryton_password: SecretStr | None = Field(default=None, description="From the environment, never a file.")
     approve: Literal["auto", "manual"] = "auto"
     approval_timeout_seconds: int = Field(default=3600, ge=1)
     period: str | None = Field(default=None, description="YYYY-MM; default: the export's own period.")

@@ -1,7 +1,7 @@
 """Tryton's JSON-RPC protocol over httpx: login, session renewal, the company context, and the
 encoding of Decimal and dates. Tryton is GPL-3 and runs as its own server; this module only speaks to it.
 
-    POST http://HOST:PORT/<db>/   {"id": n, "method": "model.party.party.search", "params": [...]}
+    POST http://HOST:PORT/<db>/rpc/   {"id": n, "method": "model.party.party.search", "params": [...]}
 """
 
 from __future__ import annotations
@@ -71,6 +71,29 @@ def loads(text: str) -> Any:
     return json.loads(text, object_hook=_decode)
 
 
+def _error(error: Any) -> TrytonError:
+    """Tryton answers ``[kind, args]``: UserError args are (message, description); UserWarning args are
+    (name, message, description) and the name is what acknowledges the warning; anything else is
+    ``[message, traceback]`` from the server."""
+    if not isinstance(error, list) or not error:
+        return TrytonError("ServerError", str(error))
+    kind, args = str(error[0]), error[1] if len(error) > 1 else []
+    args = args if isinstance(args, list) else [args]
+    if kind == "UserWarning":
+        return TrytonUserError(kind, str(args[1] if len(args) > 1 else args), args)
+    if kind == "UserError":
+        return TrytonUserError(kind, str(args[0] if args else ""), args)
+    if kind in ("AccessError", "LoginException", "ConcurrencyException", "RateLimitException"):
+        return TrytonError(kind, str(args[0] if args else ""), args)
+    return TrytonError("ServerError", kind, args)
+
+
+# Calls that change nothing may be retried after a transport error; a write may have been committed
+# before the connection dropped, so it is left to the caller's check-then-create (see connectors.tryton).
+READ_ONLY = {"search", "read", "search_read", "search_count", "fields_get", "default_get", "on_change",
+             "on_change_with", "get_preferences"}  # fmt: skip
+
+
 class TrytonRpc:
     """One logged-in session on one database. Thread-safe for the session; calls are independent."""
 
@@ -87,7 +110,7 @@ class TrytonRpc:
         if auth:
             headers["Authorization"] = auth
         response = self.http.post(
-            f"/{self.database}/",
+            f"/{self.database}/rpc/",
             content=dumps({"id": next(self._ids), "method": method, "params": params}),
             headers=headers,
         )
@@ -97,17 +120,18 @@ class TrytonRpc:
         answer = loads(response.text)
         error = answer.get("error")
         if error:
-            kind = error[0] if isinstance(error, list) else str(error)
-            args = error[1] if isinstance(error, list) and len(error) > 1 else []
-            message = args[0] if isinstance(args, list) and args else str(args)
-            if kind in ("UserError", "UserWarning"):
-                raise TrytonUserError(kind, str(message), args)
-            raise TrytonError(kind, str(message), args)
+            raise _error(error)
         return answer.get("result")
 
     def login(self) -> None:
         with self._lock:
-            result = self._post("common.db.login", [self.user, {"password": self._password}, "en"], None)
+            try:
+                result = self._post("common.db.login", [self.user, {"password": self._password}, "en"], None)
+            except (SessionExpired, TrytonError) as exc:  # Tryton answers a wrong password with 401
+                raise FatalError(
+                    f"Tryton refused the login of {self.user!r} on database {self.database!r}: "
+                    "check the user and password"
+                ) from exc
             if not result:
                 raise FatalError(f"Tryton refused the login of {self.user!r} on database {self.database!r}")
             user_id, session = result[0], result[1]
@@ -115,9 +139,18 @@ class TrytonRpc:
             self._auth = f"Session {token}"
         self.context = self._post("model.res.user.get_preferences", [True, {}], self._auth) or {}
 
-    @with_retries(attempts=4)
     def call(self, method: str, *params: Any) -> Any:
-        """Call a method; a 401 logs in again once, transport errors and 5xx are retried with backoff."""
+        """Call a method. A 401 logs in again once; a read-only call is also retried with backoff on
+        transport errors and 5xx (a write is not: it may have been committed before the error)."""
+        if method.rsplit(".", 1)[-1] in READ_ONLY:
+            return self._call_with_retries(method, *params)
+        return self._call(method, *params)
+
+    @with_retries(attempts=4)
+    def _call_with_retries(self, method: str, *params: Any) -> Any:
+        return self._call(method, *params)
+
+    def _call(self, method: str, *params: Any) -> Any:
         if self._auth is None:
             self.login()
         try:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from billing.settings import Settings, load_settings
 from rules.schema import load_rules
 from tasks.approve import approval_policy, ask_a_human
 from tasks.extract import extract, make_source, resolve_period
-from tasks.post import post
+from tasks.post import erp_session, post
 from tasks.price import draft, price_stage
 from tasks.reconcile import period_summary, publish, reconcile
 from tasks.validate import validate
@@ -21,7 +21,7 @@ def ticket_to_invoice(
     period: str | None = None,
     source: Literal["files"] | None = None,
     input_dir: str | None = None,
-    erp: Literal["files"] | None = None,
+    erp: Literal["tryton", "files"] | None = None,
     rules: str | None = None,
     approve: Literal["auto", "manual"] | None = None,
 ) -> dict[str, Any]:
@@ -37,8 +37,9 @@ def ticket_to_invoice(
     drafts = draft(settings, batch, lines)
     for_a_human = approval_policy(settings, drafts)
     ask_a_human(settings, for_a_human)
-    receipts, failures = post(settings, period)
-    report = reconcile(settings, period)
+    with erp_session(settings, {int(period[:4])}, say=get_run_logger().info) as settings:
+        receipts, failures = post(settings, period)
+        report = reconcile(settings, period)
 
     summary = period_summary(settings, period, sum(not r.already_existed for r in receipts), failures)
     summary["reconcile"] = report.as_dict()

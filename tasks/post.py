@@ -3,20 +3,52 @@ key (a crash between posting and recording it) and answers with that invoice ins
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
 
+from billing.errors import ConfigurationError
 from billing.ledger import Ledger
 from billing.models import DraftState, PostingFailure, PostingReceipt
 from billing.settings import Settings
 from connectors.base import ErpConnector
 from connectors.file_erp import FileErp
+from connectors.tryton import TrytonErp
+from connectors.tryton_rpc import TrytonRpc
 
 
 def make_erp(settings: Settings) -> ErpConnector:
     if settings.erp == "files":
         return FileErp(settings.erp_files_dir)
-    raise ValueError(f"unknown ERP {settings.erp!r}")
+    if settings.erp == "tryton":
+        if not settings.tryton_url:
+            raise ConfigurationError("no Tryton to post to", hint="set TICKET_TO_INVOICE_TRYTON_URL, or run the "
+                                     "flow inside erp_session() to use the embedded Tryton")  # fmt: skip
+        if settings.tryton_password is None:
+            raise ConfigurationError("TICKET_TO_INVOICE_TRYTON_PASSWORD is not set")
+        rpc = TrytonRpc(settings.tryton_url, settings.tryton_database, settings.tryton_user,
+                        settings.tryton_password.get_secret_value())  # fmt: skip
+        return TrytonErp(rpc, mappings=Ledger(settings.resolved_ledger_url))
+    raise ConfigurationError(f"unknown ERP {settings.erp!r}")
+
+
+@contextmanager
+def erp_session(settings: Settings, years: set[int], say: Callable[[str], None] = print) -> Iterator[Settings]:
+    """The settings to post with. With the default ERP and no Tryton URL configured, an embedded Tryton is
+    set up under the home on first use (about a minute), started on 127.0.0.1 and stopped afterwards."""
+    if settings.erp != "tryton" or settings.tryton_url:
+        yield settings
+        return
+    from connectors.tryton_embedded import EmbeddedTryton
+
+    with EmbeddedTryton(settings.home, years=sorted(years), progress=say) as tryton:
+        yield settings.model_copy(update={
+            "tryton_url": tryton.url, "tryton_database": tryton.database, "tryton_user": tryton.user,
+            "tryton_password": SecretStr(tryton.password),
+        })  # fmt: skip
 
 
 def post_approved(settings: Settings, period: str) -> tuple[list[PostingReceipt], list[PostingFailure]]:

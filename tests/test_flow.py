@@ -31,6 +31,7 @@ def run(home: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., dict[str, 
 
     def run(**parameters: Any) -> dict[str, Any]:
         parameters.setdefault("input_dir", str(SAMPLE))
+        parameters.setdefault("erp", "files")  # Tryton has its own tests (test_tryton.py)
         parameters.setdefault("rules", str(DEMO_RULES))
         return ticket_to_invoice(**parameters)
 

@@ -1,0 +1,222 @@
+"""The embedded Tryton against a real trytond: first set-up, idempotent bootstrap, invoices that post in EUR (19%)
+and USD (export, 0%), a stop that frees the port, and a second instance that reuses the database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.tryton_embedded import EmbeddedTryton, bootstrap, demo_invoice
+from connectors.tryton_rpc import TrytonRpc
+
+pytestmark = pytest.mark.integration
+
+TODAY = dt.date.today()
+YEARS = (TODAY.year - 1, TODAY.year)
+CENT = Decimal("0.01")
+
+
+@dataclass
+class Tryton:
+    emb: EmbeddedTryton
+    home: Path
+    messages: list[str] = field(default_factory=list)
+    setup_seconds: float = 0.0
+
+    def rpc(self) -> TrytonRpc:
+        """A logged-in client on the running server (started again if a test stopped it)."""
+        return self.emb.start().rpc()
+
+
+@pytest.fixture(scope="module")
+def tryton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tryton]:
+    home = tmp_path_factory.mktemp("tryton-home")
+    messages: list[str] = []
+    emb = EmbeddedTryton(home, years=YEARS, progress=messages.append)
+    started = time.monotonic()
+    emb.start()
+    try:
+        yield Tryton(emb, home, messages, time.monotonic() - started)
+    finally:
+        emb.stop()
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _counts(rpc: TrytonRpc) -> dict[str, int]:
+    models = [
+        "company.company",
+        "currency.currency",
+        "currency.currency.rate",
+        "account.account",
+        "account.tax",
+        "account.tax.rule",
+        "account.tax.rule.line",
+        "account.fiscalyear",
+        "account.period",
+        "account.fiscalyear.invoice_sequence",
+        "ir.sequence.strict",
+        "product.category",
+        "party.party",
+    ]
+    return {model: rpc.model(model, "search_count", []) for model in models}
+
+
+def test_the_project_never_imports_tryton() -> None:
+    """GPL-3: Tryton runs as its own process; importing the connector must not load trytond or proteus."""
+    code = (
+        "import sys, connectors.tryton_embedded\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('trytond', 'proteus')]\n"
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_first_setup_creates_the_database_once(tryton: Tryton) -> None:
+    folder = tryton.home / "tryton"
+    assert tryton.emb.admin_ran
+    assert (folder / "ready.json").exists() and (folder / "tryton.sqlite").exists()
+    assert stat.S_IMODE((folder / "admin.password").stat().st_mode) == 0o600
+    assert "listen = 127.0.0.1:" in (folder / "trytond.conf").read_text()
+    assert any("trytond-admin" in message for message in tryton.messages)
+    assert set(tryton.emb.ids["fiscal_years"]) == set(YEARS)
+    print(f"first set-up {tryton.setup_seconds:.1f} s, timings {tryton.emb.timings}")
+
+
+def test_bootstrap_twice_creates_no_twins(tryton: Tryton) -> None:
+    rpc = tryton.rpc()
+    before = _counts(rpc)
+    first = bootstrap(rpc, YEARS)
+    second = bootstrap(rpc, YEARS)
+    after = _counts(rpc)
+    assert first == second == tryton.emb.ids
+    assert before == after
+    assert after["company.company"] == 1
+    assert after["account.tax"] == 2
+    assert after["account.tax.rule"] == 1
+    assert after["account.fiscalyear"] == len(YEARS)
+    assert after["account.period"] == 12 * len(YEARS)
+    assert after["currency.currency"] == 2
+    assert rpc.context["company"] == first["company"]
+    assert first["tax_rounding"] == "document"
+    rpc.close()
+
+
+def test_eur_invoice_for_german_party_posts_with_19_percent(tryton: Tryton) -> None:
+    rpc = tryton.rpc()
+    started = time.monotonic()
+    invoice = demo_invoice(rpc, tryton.emb.ids, currency="EUR", country="DE")
+    print(f"EUR invoice created and posted in {time.monotonic() - started:.2f} s: {invoice['number']}")
+    assert invoice["state"] == "posted"
+    assert invoice["number"].startswith(f"INV{TODAY.year}-")
+    assert invoice["currency"] == tryton.emb.ids["currencies"]["EUR"]
+    assert invoice["untaxed_amount"] == Decimal("1.25") * Decimal("110.00") + 3 * Decimal("95.50")
+    assert invoice["tax_amount"] == (invoice["untaxed_amount"] * Decimal("0.19")).quantize(CENT)
+    assert invoice["total_amount"] == (invoice["untaxed_amount"] * Decimal("1.19")).quantize(CENT)
+    assert all(line["taxes"] == [tryton.emb.ids["taxes"]["vat19"]] for line in invoice["lines"])
+    rpc.close()
+
+
+def test_usd_invoice_for_export_party_posts_without_tax(tryton: Tryton) -> None:
+    rpc = tryton.rpc()
+    ids = tryton.emb.ids
+    last_year = dt.date(YEARS[0], 12, 31)  # any date of the bootstrapped years, not only today
+    invoice = demo_invoice(
+        rpc, ids, currency="USD", country="US", tax_rule=ids["tax_rule_export"], invoice_date=last_year
+    )
+    assert invoice["state"] == "posted"
+    assert invoice["number"].startswith(f"INV{YEARS[0]}-")
+    assert invoice["currency"] == ids["currencies"]["USD"]
+    assert invoice["tax_amount"] == Decimal("0.00")
+    assert invoice["total_amount"] == invoice["untaxed_amount"] == Decimal("424.00")
+    assert all(line["taxes"] == [ids["taxes"]["vat0"]] for line in invoice["lines"])
+    # the move is in EUR: 424.00 USD at 1.08 USD per EUR
+    (move,) = rpc.model("account.invoice", "read", [invoice["id"]], ["move"])
+    lines = rpc.model(
+        "account.move.line",
+        "search_read",
+        [("move", "=", move["move"])],
+        0,
+        None,
+        None,
+        ["debit", "credit", "amount_second_currency"],
+    )
+    assert sum(line["debit"] for line in lines) == (Decimal("424.00") / Decimal("1.08")).quantize(CENT)
+    rpc.close()
+
+
+def test_stop_really_stops_the_server(tryton: Tryton) -> None:
+    connection = tryton.emb.start()
+    process = tryton.emb._process
+    assert process is not None
+    pid, port = process.pid, _port(connection.url)
+    assert not _port_free(port)
+    started = time.monotonic()
+    tryton.emb.stop()
+    print(f"stopped in {time.monotonic() - started:.2f} s")
+    assert not tryton.emb.running
+    assert not _alive(pid)
+    assert _port_free(port)
+    tryton.emb.stop()  # a second stop is harmless
+
+
+def test_second_instance_reuses_the_database(tryton: Tryton) -> None:
+    rpc = tryton.rpc()
+    earlier = demo_invoice(rpc, tryton.emb.ids, currency="EUR", country="DE")
+    rpc.close()
+    tryton.emb.stop()
+    admin_log = tryton.home / "tryton" / "trytond-admin.log"
+    admin_mtime = admin_log.stat().st_mtime_ns
+    messages: list[str] = []
+    second = EmbeddedTryton(tryton.home, years=YEARS, progress=messages.append)
+    started = time.monotonic()
+    try:
+        with second as connection:
+            elapsed = time.monotonic() - started
+            print(f"reuse start {elapsed:.1f} s")
+            assert not second.admin_ran and "trytond_admin" not in second.timings
+            assert admin_log.stat().st_mtime_ns == admin_mtime
+            assert any("reusing" in message for message in messages)
+            assert elapsed < 30  # the first set-up takes ~20-60 s, a start a second or a few
+            assert second.ids == tryton.emb.ids
+            rpc = connection.rpc()
+            found: list[dict[str, Any]] = rpc.model(
+                "account.invoice", "search_read", [("id", "=", earlier["id"])], 0, None, None, ["number", "state"]
+            )
+            assert found == [{"id": earlier["id"], "number": earlier["number"], "state": "posted"}]
+            assert rpc.model("account.invoice", "search_count", [("state", "=", "posted")]) >= 2
+            rpc.close()
+    finally:
+        second.stop()
+    assert _port_free(_port(connection.url))
