@@ -160,6 +160,7 @@ class InvoiceDraft(Model):
     tax_id: str = "no-tax"
     tax_rate: Decimal = Decimal(0)
     tax_rounding: Literal["document", "line"] = "document"
+    tax_base: Literal["displayed", "unrounded"] = "displayed"
 
     @field_validator("period")
     @classmethod
@@ -182,15 +183,23 @@ class InvoiceDraft(Model):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def tax_minor(self) -> int:
-        """Tax at ``tax_rate``, rounded once for the document or per line, by the currency's rounding."""
+        """Tax at ``tax_rate``, rounded once for the document or per line, by the currency's rounding.
+
+        The base is the displayed line amounts, or (``unrounded``, as Tryton does) quantity × unit price
+        before each line is rounded."""
         mode = self.money_rounding.decimal_mode
 
-        def tax(amount: int) -> int:
-            return int((Decimal(amount) * self.tax_rate).quantize(Decimal(1), rounding=mode))
+        def base(line: ChargeLine) -> Decimal:
+            if self.tax_base == "unrounded":
+                return line.quantity_billed * line.unit_price_minor
+            return Decimal(line.amount_minor)
+
+        def rounded(amount: Decimal) -> int:
+            return int((amount * self.tax_rate).quantize(Decimal(1), rounding=mode))
 
         if self.tax_rounding == "line":
-            return sum(tax(line.amount_minor) for line in self.lines)
-        return tax(self.total_minor)
+            return sum(rounded(base(line)) for line in self.lines)
+        return rounded(sum((base(line) for line in self.lines), Decimal(0)))
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -93,24 +93,16 @@ class TrytonErp:
         return dict(self._cache["currency_codes"])
 
     def tax_id(self, rate: Decimal) -> int:
-        """The customer tax with our rate: Tryton then computes the amount itself."""
-        return self._ref(
-            f"tax:{rate}",
-            "account.tax",
-            [
-                ["type", "=", "percentage"],
-                ["rate", "=", rate],
-                ["parent", "=", None],
-                ["group.kind", "in", ["sale", "both"]],
-            ],
-            f"sales tax of rate {rate}",
-        )
+        """The sales tax with our rate: Tryton then computes the amount itself."""
+        domain = [["type", "=", "percentage"], ["rate", "=", rate], ["parent", "=", None]]
+        return self._ref(f"tax:{rate}", "account.tax", domain, f"tax of rate {rate}")
 
     def journal_id(self) -> int:
         return self._ref("journal", "account.journal", [["type", "=", "revenue"]], "revenue journal")
 
     def hour_uom(self) -> int:
-        return self._ref("uom:hour", "product.uom", [["symbol", "=", "h"]], "unit of measure 'h'")
+        # "Hour" has 2 digits; "Unit" has none and would refuse 1.25.
+        return self._ref("uom:hour", "product.uom", [["name", "=", "Hour"]], "unit of measure 'Hour'")
 
     def service_category(self) -> int:
         return self._ref("category", "product.category", [["accounting", "=", True]], "accounting product category")
@@ -138,8 +130,7 @@ class TrytonErp:
 
         def create(values: list[dict[str, Any]]) -> list[int]:
             return self.rpc.model("party.party", "create", [
-                {"name": v["name"], "code": v["code"], "addresses": [["create", [{"name": v["name"]}]]]}
-                for v in values])  # fmt: skip
+                {"name": v["name"], "code": v["code"], "addresses": [["create", [{}]]]} for v in values])  # fmt: skip
 
         return self._mapped("party", wanted, find, create)
 
@@ -155,8 +146,8 @@ class TrytonErp:
         def create(values: list[dict[str, Any]]) -> list[int]:
             templates = self.rpc.model("product.template", "create", [
                 {"name": v["name"], "code": v["code"], "type": "service", "default_uom": self.hour_uom(),
-                 "list_price": Decimal(0), "account_category": self.service_category(), "salable": True,
-                 "sale_uom": self.hour_uom(), "products": [["create", [{}]]]}
+                 "list_price": Decimal(0), "account_category": self.service_category(),
+                 "products": [["create", [{}]]]}
                 for v in values])  # fmt: skip
             rows = self.rpc.model("product.product", "search_read", [["template", "in", templates]], 0, None, None,
                                   ["template"])  # fmt: skip
@@ -196,16 +187,44 @@ class TrytonErp:
             posted_at=row.get("create_date") or dt.datetime.now(dt.UTC), already_existed=already_existed,
         )  # fmt: skip
 
+    def company(self) -> int:
+        return int(self.rpc.context["company"])
+
+    def _invoice_defaults(self, party: int) -> dict[str, Any]:
+        """What Tryton derives from the party: journal, invoice address, receivable account, payment term."""
+        key = f"invoice-defaults:{party}"
+        if key not in self._cache:
+            values = {"type": "out", "party": party, "company": self.company(), "journal": None,
+                      "invoice_address": None, "account": None, "payment_term": None}  # fmt: skip
+            changes = self.rpc.model("account.invoice", "on_change", values, ["type", "party"])
+            self._cache[key] = {k: changes[k] for k in ("journal", "invoice_address", "account", "payment_term")
+                                if changes.get(k)}  # fmt: skip
+        return dict(self._cache[key])
+
+    def _line_account(self, product: int, party: int, currency: int) -> int:
+        """The revenue account Tryton takes for the product (from its accounting category)."""
+        key = f"line-account:{product}:{party}:{currency}"
+        if key not in self._cache:
+            values = {"product": product, "company": self.company(), "currency": currency, "invoice": None,
+                      "invoice_type": "out", "party": party, "account": None, "unit": None, "taxes": [],
+                      "quantity": Decimal(1), "unit_price": Decimal(0)}  # fmt: skip
+            self._cache[key] = self.rpc.model("account.invoice.line", "on_change", values, ["product"])["account"]
+        return int(self._cache[key])
+
     def _payload(self, draft: InvoiceDraft, party: int, products: dict[str, int]) -> dict[str, Any]:
-        tax = self.tax_id(draft.tax_rate)
+        tax = self.tax_id(draft.tax_rate)  # our tax, explicitly: Tryton computes its amount
+        currency = self.currency_id(draft.currency)
         return {
-            "type": "out", "party": party, "currency": self.currency_id(draft.currency), "journal": self.journal_id(),
+            "type": "out", "party": party, "company": self.company(), "currency": currency,
             "invoice_date": invoice_date(draft.period), "reference": draft.key,
             "description": f"{draft.customer_name or draft.customer_id} {draft.period}",
+            **self._invoice_defaults(party),
             "lines": [["create", [
-                {"type": "line", "product": products[line.service_type], "description": line.description,
+                {"product": products[line.service_type], "description": line.description,
                  "quantity": line.quantity_billed, "unit": self.hour_uom(),
-                 "unit_price": to_decimal(line.unit_price_minor, draft.currency), "taxes": [["add", [tax]]]}
+                 "unit_price": to_decimal(line.unit_price_minor, draft.currency), "currency": currency,
+                 "account": self._line_account(products[line.service_type], party, currency),
+                 "taxes": [["add", [tax]]]}
                 for line in draft.lines]]],
         }  # fmt: skip
 
@@ -221,25 +240,12 @@ class TrytonErp:
                 )
         return None
 
-    def _complete(self, payloads: list[dict[str, Any]], party_ids: list[int]) -> list[dict[str, Any]]:
-        """Fill what Tryton derives from the party (receivable account, invoice address, payment term)."""
-        parties = {r["id"]: r for r in self.rpc.model("party.party", "read", sorted(set(party_ids)),
-                   ["account_receivable_used", "addresses", "customer_payment_term"])}  # fmt: skip
-        for payload in payloads:
-            party = parties[payload["party"]]
-            payload["account"] = party["account_receivable_used"]
-            payload["invoice_address"] = party["addresses"][0]
-            if party.get("customer_payment_term"):
-                payload["payment_term"] = party["customer_payment_term"]
-        return payloads
-
     def _create(self, drafts: list[InvoiceDraft], failures: list[PostingFailure]) -> list[int]:
         if not drafts:
             return []
         parties = self.parties(drafts)
         products = self.products(drafts)
         payloads = [self._payload(d, parties[d.customer_erp_ref or d.customer_id], products) for d in drafts]
-        payloads = self._complete(payloads, [p["party"] for p in payloads])
         try:
             return list(self.rpc.model("account.invoice", "create", payloads))
         except TrytonUserError:  # find the one that is refused; create the others
@@ -251,16 +257,32 @@ class TrytonErp:
                     failures.append(PostingFailure(draft_key=draft.key, erp=ERP, error=f"create refused: {exc}"))
             return ids
 
+    def _call_acknowledging(self, model: str, method: str, ids: list[int]) -> None:
+        """Call a button; a UserWarning (e.g. a due date already past for last month's invoice) is
+        acknowledged for this user, as a clerk clicking "yes" would, and the call made again."""
+        for _ in range(5):
+            try:
+                self.rpc.model(model, method, ids)
+                return
+            except TrytonUserError as exc:
+                if exc.kind != "UserWarning" or not exc.detail:
+                    raise
+                self.rpc.model("res.user.warning", "create", [{"user": self.rpc.context.get("id") or
+                               self._user_id(), "name": exc.detail[0], "always": False}])  # fmt: skip
+        self.rpc.model(model, method, ids)
+
+    def _user_id(self) -> int:
+        return self._ref("user", "res.user", [["login", "=", self.rpc.user]], f"user {self.rpc.user}")
+
     def _post_ids(self, ids: list[int], keys: dict[int, str], failures: list[PostingFailure]) -> None:
         if not ids:
             return
-        context = {"_skip_warnings": True}
         try:
-            self.rpc.model("account.invoice", "post", ids, context=context)
+            self._call_acknowledging("account.invoice", "post", ids)
         except TrytonUserError:  # one refusal fails the whole call: post one by one to isolate it
             for invoice_id in ids:
                 try:
-                    self.rpc.model("account.invoice", "post", [invoice_id], context=context)
+                    self._call_acknowledging("account.invoice", "post", [invoice_id])
                 except TrytonUserError as exc:
                     failures.append(PostingFailure(draft_key=keys[invoice_id], erp=ERP, error=f"post refused: {exc}"))
 

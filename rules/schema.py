@@ -114,6 +114,11 @@ class Taxes(Strict):
     line's tax and adds them up. Amounts round by the currency's money rounding."""
 
     rounding: Literal["document", "line"] = "document"
+    base: Literal["displayed", "unrounded"] = Field(
+        "displayed",
+        description="displayed: tax on the line amounts as shown; unrounded: on quantity × unit price before "
+        "each line is rounded (what Tryton does; choose it when Tryton is the ERP, so both agree to the cent).",
+    )
     rates: list[TaxRate] = Field(default_factory=list)
     otherwise: TaxRate = TaxRate(id="no-tax", rate=Decimal(0))
 

@@ -66,7 +66,7 @@ def build_drafts(settings: Settings, batch: WorkBatch, lines: pd.DataFrame) -> l
             customer_id=customer_id, period=batch.period, currency=currency, version=version, lines=charge_lines,
             customer_name=customer.name, customer_erp_ref=customer.erp_ref, customer_country=customer.country,
             money_rounding=rules.money_rounding(currency), tax_id=tax.id, tax_rate=tax.rate,
-            tax_rounding=rules.taxes.rounding,
+            tax_rounding=rules.taxes.rounding, tax_base=rules.taxes.base,
         ))  # fmt: skip
     ledger.save_drafts(batch.period, drafts, actor="draft")
     return drafts

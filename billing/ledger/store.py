@@ -489,7 +489,7 @@ class Ledger:
             rows = session.execute(
                 select(ErpMapping.local_id, ErpMapping.erp_id).where(ErpMapping.erp == erp, ErpMapping.entity == entity)
             )
-            return dict(rows.tuples())
+            return {local_id: erp_id for local_id, erp_id in rows}
 
     def remember_erp_mapping(self, erp: str, entity: str, local_id: str, erp_id: str) -> None:
         with self.session() as session:
