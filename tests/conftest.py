@@ -6,6 +6,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,15 @@ def postgres_url() -> Iterator[str]:
 
     with postgres_cluster() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def tryton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real trytond for the test run (set up over JSON-RPC on first use: about 20 s)."""
+    from connectors.tryton_embedded import EmbeddedTryton
+
+    with EmbeddedTryton(tmp_path_factory.mktemp("tryton"), years=[2025, 2026, 2027]) as connection:
+        yield connection
 
 
 @pytest.fixture

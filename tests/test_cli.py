@@ -33,7 +33,7 @@ def cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any], dict[str, Any]]]:
-    """`ticket-to-invoice run --json` twice, as `make run` does it (defaults only)."""
+    """`ticket-to-invoice run --json` twice, as `make run` does it (defaults only: the embedded Tryton)."""
     home = tmp_path_factory.mktemp("cli") / "var"
     first, second = cli(home, "run", "--json"), cli(home, "run", "--json")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -43,18 +43,24 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
 
 @pytest.mark.integration
 def test_run_json_is_the_documented_object(demo_home: tuple[Path, dict[str, Any], dict[str, Any]]) -> None:
-    home, first, second = demo_home
+    _, first, second = demo_home
     assert {"invoices", "quarantined", "counts", "work_items_total", "new_postings"} <= first.keys()
     assert set(first["counts"]) >= {"billed", "non_billable", "quarantined", "pending_approval"}
     assert sum(first["counts"].values()) == first["work_items_total"]
-    for invoice in first["invoices"]:
+    for invoice in first["invoices"]:  # posted into the embedded Tryton, which numbered them
         assert {"customer", "period", "currency", "total_minor", "erp_number", "lines"} <= invoice.keys()
-        document = json.loads(
-            next((home / "erp-files" / invoice["period"]).glob(f"{invoice['customer']}-*-v1.json")).read_text()
+        assert invoice["erp_number"].startswith("INV2026-")
+        assert invoice["total_minor"] == sum(line["amount_minor"] for line in invoice["lines"])
+    reconciled = {i["key"]: i for i in first["reconcile"]["invoices"]}
+    assert first["reconcile"]["mismatches"] == [] and first["reconcile"]["duplicates"] == []
+    for invoice in first["invoices"]:  # Tryton's own untaxed, tax and total equal ours to the cent
+        erp = reconciled[invoice["key"]]
+        assert (erp["erp_total_minor"], erp["erp_tax_minor"], erp["erp_gross_minor"]) == (
+            invoice["total_minor"],
+            invoice["tax_minor"],
+            invoice["gross_minor"],
         )
-        assert document["untaxed_minor"] == invoice["total_minor"]
-        assert document["gross_minor"] == invoice["gross_minor"]
-        assert document["number"] == invoice["erp_number"]
+    assert next(i for i in first["invoices"] if i["customer"] == "ACME")["tax_minor"] > 0  # German VAT
     assert {i["currency"] for i in first["invoices"]} == {"EUR", "USD"}
     assert first["new_postings"] == 4 and second["new_postings"] == 0
     assert all(q["source_id"] and q["reason"] for q in first["quarantined"])
@@ -98,12 +104,23 @@ def ui(demo_home: tuple[Path, dict[str, Any], dict[str, Any]]) -> Iterator[tuple
 
 
 @pytest.mark.integration
+def test_reconcile_command_reads_tryton_back(demo_home: tuple[Path, dict[str, Any], dict[str, Any]]) -> None:
+    home, first, _ = demo_home
+    result = cli(home, "reconcile", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["mismatches"] == [] and report["duplicates"] == [] and report["unbilled"] == []
+    assert sorted(i["erp_number"] for i in report["invoices"]) == sorted(i["erp_number"] for i in first["invoices"])
+    assert all(i["total_minor"] == i["erp_total_minor"] and i["status"] == "ok" for i in report["invoices"])
+
+
+@pytest.mark.integration
 def test_the_ui_shows_the_runs_their_tasks_and_the_invoice_artifact(ui: tuple[str, dict[str, str]]) -> None:
     url, _ = ui
     runs = httpx.post(f"{url}/api/flow_runs/filter", json={"limit": 50}).json()
-    assert len(runs) == 2 and {r["state_type"] for r in runs} == {"COMPLETED"}
-    flow = httpx.get(f"{url}/api/flows/{runs[0]['flow_id']}").json()
-    assert flow["name"] == "ticket-to-invoice"
+    assert len(runs) == 3 and {r["state_type"] for r in runs} == {"COMPLETED"}  # run, run, reconcile
+    flows = {httpx.get(f"{url}/api/flows/{r['flow_id']}").json()["name"] for r in runs}
+    assert flows == {"ticket-to-invoice", "reconcile"}
     tasks = httpx.post(f"{url}/api/task_runs/filter", json={"limit": 200}).json()
     assert {t["name"].rsplit("-", 1)[0] for t in tasks} >= {
         "extract",
