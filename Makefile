@@ -9,7 +9,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export GX_ANALYTICS_ENABLED ?= false
 
-.PHONY: run test lint ui install clean
+.PHONY: run test lint ui bench install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ticket-to-invoice needs Python 3.11 or newer")'
@@ -37,6 +37,10 @@ lint: $(STAMP)
 ui: $(STAMP)
 	mkdir -p $(PREFECT_HOME)
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+## Benchmarks (targets in the issues; results in bench-results.json).
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench.run
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -12,6 +12,7 @@ environment as separate processes and does everything else over JSON-RPC with :c
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 import secrets
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -49,6 +50,14 @@ PER_EUR: dict[str, Decimal] = {"EUR": Decimal(1), "USD": Decimal("1.08")}  # dem
 def _default_years() -> list[int]:
     year = dt.date.today().year
     return [year - 1, year, year + 1]
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def _free_port() -> int:
@@ -107,6 +116,7 @@ class EmbeddedTryton:
         self.admin_ran = False  # whether this instance ran trytond-admin (a reused database does not)
         self.timings: dict[str, float] = {}
         self._process: subprocess.Popen[bytes] | None = None
+        self._lock_file: IO[str] | None = None
         self._connection: TrytonConnection | None = None
         self._progress: Progress = progress or (lambda message: None)
 
@@ -335,12 +345,32 @@ class EmbeddedTryton:
             process.wait()
 
     def __enter__(self) -> TrytonConnection:
-        return self.start()  # ensure_database + start, with one server start
+        # One server per folder: a second run on the same home waits here instead of starting a second server
+        # on the same SQLite file (concurrent posting there would duplicate invoice numbers).
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock_file = (self.folder / ".in-use.lock").open("w")
+        if not _try_lock(self._lock_file):
+            self._progress("another run is using the embedded Tryton; waiting for it to finish")
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        try:
+            return self.start()  # ensure_database + start, with one server start
+        except BaseException:
+            self._release()
+            raise
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
 
 
 # -- bootstrap over JSON-RPC ----------------------------------------------------------------------------------------

@@ -1,0 +1,48 @@
+"""`make bench`: run the benchmarks and write bench-results.json in the project root.
+
+Each entry: ``{name, rows, seconds, peak_mb, references: {name: seconds}}`` plus what the benchmark adds.
+``python -m tests.bench.run tryton`` runs only the named ones; the file keeps the other entries.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from billing.settings import PROJECT_ROOT
+
+RESULTS = PROJECT_ROOT / "bench-results.json"
+
+
+def peak_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def timed(work: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = work()
+    return time.perf_counter() - start, result
+
+
+def main(names: list[str]) -> None:
+    from tests.bench import bench_tryton
+
+    benchmarks: dict[str, Callable[[], dict[str, Any]]] = {"tryton_posting": bench_tryton.run}
+    chosen = names or list(benchmarks)
+    entries = {e["name"]: e for e in json.loads(RESULTS.read_text())} if RESULTS.exists() else {}
+    for name in chosen:
+        print(f"bench {name} …", flush=True)
+        entry = benchmarks[name]()
+        entries[name] = entry
+        print(json.dumps(entry, indent=2), flush=True)
+    RESULTS.write_text(json.dumps(list(entries.values()), indent=2) + "\n")
+    print(f"wrote {Path(RESULTS).relative_to(PROJECT_ROOT)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
