@@ -65,7 +65,13 @@ def run(
     period: Annotated[
         str | None, typer.Option(help="Billing period YYYY-MM. Default: the export's own period.")
     ] = None,
-    source: Annotated[Literal["files"] | None, typer.Option(help="Where work comes from.")] = None,
+    source: Annotated[
+        Literal["files", "redmine"] | None,
+        typer.Option(
+            help="Where work comes from: files (a file-drop folder, --input) or redmine "
+            "(TICKET_TO_INVOICE_REDMINE_URL and _API_KEY)."
+        ),
+    ] = None,
     input_dir: Annotated[Path | None, typer.Option("--input", help="Folder of a file-drop export.")] = None,
     erp: Annotated[
         Literal["tryton", "files"] | None,
@@ -95,6 +101,8 @@ def run(
         ticket-to-invoice run --period 2026-10 --input ./exports/october --json
 
         ticket-to-invoice run --approve manual   # then answer in the Prefect UI (make ui)
+
+        ticket-to-invoice run --source redmine --period 2026-10 --json
     """
     try:
         settings = load_settings(
@@ -171,6 +179,9 @@ def reconcile(
         str | None, typer.Option(help="Billing period YYYY-MM. Default: the export's own period.")
     ] = None,
     erp: Annotated[Literal["tryton", "files"] | None, typer.Option(help="The ERP to read back from.")] = None,
+    source: Annotated[
+        Literal["files", "redmine"] | None, typer.Option(help="Also check the source for edits after billing.")
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")
     ] = False,
@@ -183,13 +194,13 @@ def reconcile(
         ticket-to-invoice reconcile --period 2026-10 --json
     """
     try:
-        settings = load_settings(period=period, erp=erp)
+        settings = load_settings(period=period, erp=erp, source=source)
         _prepare_prefect(settings)
         from flows.reconcile import reconcile_erp
 
         redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
         with redirect, contextlib.nullcontext() if as_json else err.status("Reconciling…"):
-            report = reconcile_erp(period=settings.period, erp=settings.erp)
+            report = reconcile_erp(period=settings.period, erp=settings.erp, source=settings.source)
     except UserFacingError as exc:
         raise _fail(exc) from None
     if as_json:

@@ -38,7 +38,10 @@ class Settings(BaseSettings):
     ledger_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the ledger; default: a SQLite file in `home`."
     )
-    source: Literal["files"] = "files"
+    source: Literal["files", "redmine"] = "files"
+    redmine_url: str | None = Field(default=None, description="Redmine's base URL, for --source redmine.")
+    redmine_api_key: SecretStr | None = Field(default=None, description="From the environment, never a file.")
+    redmine_instance: str | None = Field(default=None, description="A stable name of the Redmine (default: its host).")
     input_dir: Path = Field(default=SAMPLE_EXPORT, description="Folder of a file-drop export.")
     rules_file: Path = Field(default=EXAMPLE_RULES, description="Pricing and approval rules (YAML).")
     erp: Literal["tryton", "files"] = Field(

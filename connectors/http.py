@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
@@ -82,3 +82,70 @@ def with_retries(attempts: int = 5) -> Callable[[Callable[..., T]], Callable[...
 
 def make_client(base_url: str, timeout: float = 30.0, **kwargs: Any) -> httpx.Client:
     return httpx.Client(base_url=base_url, timeout=httpx.Timeout(timeout, connect=5.0), **kwargs)
+
+
+class HeaderAuth(httpx.Auth):
+    """An API key in a header (``X-Redmine-API-Key``, ``Authorization: Bearer …`` ...)."""
+
+    def __init__(self, header: str, value: str) -> None:
+        self.header, self.value = header, value
+
+    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+        request.headers[self.header] = self.value
+        yield request
+
+
+class QuotaGuard:
+    """An httpx response hook that slows down before a remaining-quota header reaches zero.
+
+    SaaS APIs announce what is left (``X-RateLimit-Remaining``) and when it refills (``X-RateLimit-Reset``,
+    seconds); below ``reserve`` requests the client sleeps until the reset instead of earning a 429.
+    """
+
+    def __init__(self, reserve: int = 2, max_sleep: float = 60.0, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.reserve, self.max_sleep, self.sleep = reserve, max_sleep, sleep
+
+    def __call__(self, response: httpx.Response) -> None:
+        remaining = response.headers.get("X-RateLimit-Remaining")
+        reset = response.headers.get("X-RateLimit-Reset")
+        if remaining is None or reset is None:
+            return
+        try:
+            left, wait = int(remaining), float(reset)
+        except ValueError:
+            return
+        if left <= self.reserve:
+            wait = wait - time.time() if wait > 10**9 else wait  # an epoch timestamp or seconds from now
+            self.sleep(min(max(wait, 0.0), self.max_sleep))
+
+
+@with_retries()
+def get_json(client: httpx.Client, path: str, params: dict[str, Any] | None = None) -> Any:
+    """GET and decode JSON; 429/5xx/transport errors retried with backoff (``Retry-After`` honoured)."""
+    response = client.get(path, params=params)
+    classify(response)
+    return response.json()
+
+
+class OffsetPaginator:
+    """Pages of an offset/limit list API (``{"<key>": [...], "total_count": n, "offset": o, "limit": l}``)."""
+
+    def __init__(self, client: httpx.Client, path: str, key: str, params: dict[str, Any] | None = None,
+                 page_size: int = 100) -> None:  # fmt: skip
+        self.client, self.path, self.key = client, path, key
+        self.params, self.page_size = dict(params or {}), page_size
+        self.pages = 0
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        offset = 0
+        while True:
+            page = get_json(self.client, self.path, {**self.params, "offset": offset, "limit": self.page_size})
+            self.pages += 1
+            items = page.get(self.key, [])
+            yield items
+            offset += len(items)
+            if not items or offset >= int(page.get("total_count", 0)):
+                return
+
+    def all(self) -> list[dict[str, Any]]:
+        return [item for page in self for item in page]

@@ -272,11 +272,15 @@ class EmbeddedTryton:
     def start(self) -> TrytonConnection:
         """Start ``trytond -c CONF -d DB`` on 127.0.0.1 and wait until a login works; sets the database up first
         if :meth:`ensure_database` has not (or did not finish)."""
-        if not self.running:
-            self._ensure(None, keep_running=True)
-        if self.running and self._connection is not None:
-            return self._connection
-        return self._launch()
+        try:
+            if not self.running:
+                self._ensure(None, keep_running=True)
+            if self.running and self._connection is not None:
+                return self._connection
+            return self._launch()
+        except BaseException:  # a half-started server must not outlive a failed set-up
+            self.stop()
+            raise
 
     def _launch(self, timeout: float = 120.0) -> TrytonConnection:
         self.stop()

@@ -15,8 +15,12 @@ from tasks.reconcile import reconcile
 
 
 @flow(name="reconcile", log_prints=True)
-def reconcile_erp(period: str | None = None, erp: Literal["tryton", "files"] | None = None) -> dict[str, Any]:
-    settings = load_settings(period=period, erp=erp)
+def reconcile_erp(
+    period: str | None = None,
+    erp: Literal["tryton", "files"] | None = None,
+    source: Literal["files", "redmine"] | None = None,
+) -> dict[str, Any]:
+    settings = load_settings(period=period, erp=erp, source=source)
     period = resolve_period(settings)
     with erp_session(settings, {int(period[:4])}, say=get_run_logger().info) as settings:
         report = reconcile(settings, period)

@@ -12,14 +12,14 @@ from tasks.approve import approval_policy, ask_a_human
 from tasks.extract import extract, make_source, resolve_period
 from tasks.post import erp_session, post
 from tasks.price import draft, price_stage
-from tasks.reconcile import period_summary, publish, reconcile
+from tasks.reconcile import period_summary, publish, reconcile, write_back
 from tasks.validate import validate
 
 
 @flow(name="ticket-to-invoice", log_prints=True)
 def ticket_to_invoice(
     period: str | None = None,
-    source: Literal["files"] | None = None,
+    source: Literal["files", "redmine"] | None = None,
     input_dir: str | None = None,
     erp: Literal["tryton", "files"] | None = None,
     rules: str | None = None,
@@ -39,10 +39,12 @@ def ticket_to_invoice(
     ask_a_human(settings, for_a_human)
     with erp_session(settings, {int(period[:4])}, say=get_run_logger().info) as settings:
         receipts, failures = post(settings, period)
+        written_back = write_back(settings, period)
         report = reconcile(settings, period)
 
     summary = period_summary(settings, period, sum(not r.already_existed for r in receipts), failures)
     summary["reconcile"] = report.as_dict()
+    summary["write_back"] = written_back
     summary["notes"] = batch.notes
     publish(summary, report)
     return summary

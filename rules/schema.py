@@ -126,6 +126,36 @@ class Taxes(Strict):
         return next((t for t in self.rates if country in t.countries), self.otherwise)
 
 
+class CustomerSpec(Strict):
+    """What a source may not know about a customer (Redmine has projects, not currencies)."""
+
+    name: str | None = None
+    currency: Currency | None = None
+    timezone: str | None = None
+    country: str | None = None
+    erp_ref: str | None = None
+
+
+class CustomerDefaults(Strict):
+    currency: Currency = "EUR"
+    timezone: str = "UTC"
+    country: str | None = None
+
+
+class RedmineMapping(Strict):
+    """How Redmine's objects map to the canonical model."""
+
+    project_customers: dict[str, str] = Field(
+        default_factory=dict, description="project identifier → customer id (default: the identifier itself)"
+    )
+    rollup_subprojects: bool = Field(True, description="a subproject bills to its parent project's customer")
+    activities: dict[str, str] = Field(
+        default_factory=dict, description="activity name → service type (default: the name in snake_case)"
+    )
+    billable_field: str = Field("Billable", description="a yes/no time-entry custom field; empty means billable")
+    invoice_number_field: str = Field("Invoice number", description="time-entry and issue field written back")
+
+
 class Approval(Strict):
     auto_approve_below: dict[Currency, Decimal] = Field(
         default_factory=dict, description="Drafts with a total below this (per currency) approve themselves."
@@ -144,6 +174,9 @@ class RuleSet(Strict):
     non_billable: list[NonBillableRule] = Field(default_factory=list)
     taxes: Taxes = Taxes()
     approval: Approval = Approval()
+    customers: dict[str, CustomerSpec] = Field(default_factory=dict)
+    customer_defaults: CustomerDefaults = CustomerDefaults()
+    redmine: RedmineMapping = RedmineMapping()
 
     @model_validator(mode="after")
     def _services_exist(self) -> RuleSet:

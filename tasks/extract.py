@@ -7,17 +7,28 @@ from dataclasses import replace
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from billing.errors import ConfigurationError
 from billing.ledger import Ledger
 from billing.models import WorkBatch
 from billing.settings import Settings
 from connectors.base import SourceConnector
 from connectors.filedrop import FileDropSource
+from connectors.redmine import RedmineSource
+from rules.schema import load_rules
 
 
 def make_source(settings: Settings) -> SourceConnector:
     if settings.source == "files":
         return FileDropSource(settings.input_dir)
-    raise ValueError(f"unknown source {settings.source!r}")
+    if settings.source == "redmine":
+        if not settings.redmine_url or settings.redmine_api_key is None:
+            raise ConfigurationError("--source redmine needs TICKET_TO_INVOICE_REDMINE_URL and "
+                                     "TICKET_TO_INVOICE_REDMINE_API_KEY")  # fmt: skip
+        rules = load_rules(settings.rules_file)
+        return RedmineSource(settings.redmine_url, settings.redmine_api_key.get_secret_value(), mapping=rules.redmine,
+                             customers=rules.customers, defaults=rules.customer_defaults,
+                             instance=settings.redmine_instance)  # fmt: skip
+    raise ConfigurationError(f"unknown source {settings.source!r}")
 
 
 def resolve_period(settings: Settings) -> str:

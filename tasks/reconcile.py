@@ -13,6 +13,7 @@ from billing.ledger import Ledger, WorkState
 from billing.models import DraftState
 from billing.money import format_money
 from billing.settings import Settings
+from tasks.extract import make_source
 from tasks.post import make_erp
 
 UNBILLED_STATES = (WorkState.EXTRACTED, WorkState.PRICED, WorkState.DRAFTED, WorkState.APPROVED)
@@ -25,7 +26,8 @@ class ReconcileReport:
     mismatches: list[dict[str, Any]] = field(default_factory=list)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     unbilled: list[str] = field(default_factory=list)
-    changed_after_billing: list[str] = field(default_factory=list)
+    changed_after_billing: list[str] = field(default_factory=list)  # edited at the source since: credit or re-bill
+    deleted_after_billing: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,11 +70,31 @@ def reconcile_period(settings: Settings, period: str) -> ReconcileReport:
         if status in ("missing_in_erp", "mismatch"):
             report.mismatches.append(entry)
     ledger.mark_reconciled(matched, actor=f"reconcile:{erp.name}")
+    if settings.source == "redmine":  # billed entries are not extracted again: look at them at the source
+        source = make_source(settings)
+        everything = source.extract(period, unbilled_only=False)  # type: ignore[call-arg]
+        _, deleted = ledger.flag_billed_changes(
+            period, source.system, everything.instance, everything.worklogs[["key", "content_hash"]], actor="reconcile"
+        )
+        report.deleted_after_billing = sorted(deleted)  # fmt: skip
     items = ledger.work_items(period)
     report.unbilled = sorted(items.loc[items["state"].isin([s.value for s in UNBILLED_STATES]), "key"])
     flagged = items["details"].map(lambda d: bool(d and d.get("changed_after_billing")))
     report.changed_after_billing = sorted(items.loc[flagged, "key"])
     return report
+
+
+def write_back_to_source(settings: Settings, period: str) -> dict[str, Any]:
+    """Invoice numbers into the source (Redmine), so its "not yet billed" filter skips them and the helpdesk
+    sees what was billed. Failures are reported and retried on the next run; the posting stands."""
+    if settings.source != "redmine":
+        return {"written": 0, "failed": {}}
+    ledger = Ledger(settings.resolved_ledger_url)
+    source = make_source(settings)
+    pending = ledger.billed_without_write_back(period, source.system)
+    result = source.write_back(pending)  # type: ignore[attr-defined]
+    ledger.record_write_back(result.written, result.failed, actor=f"write-back:{source.system}")
+    return {"written": len(result.written), "failed": result.failed}
 
 
 def period_summary(settings: Settings, period: str, new_postings: int, failures: list[Any]) -> dict[str, Any]:
@@ -135,4 +157,5 @@ def publish(summary: dict[str, Any], report: ReconcileReport) -> None:
     )
 
 
+write_back = task(write_back_to_source, name="write-back", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
 reconcile = task(reconcile_period, name="reconcile", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -61,6 +61,9 @@ class WorkItem(Base):
     reason: Mapped[str | None] = mapped_column(Text)  # quarantine reasons or the non-billable rule
     details: Mapped[dict[str, Any] | None]
     line_id: Mapped[int | None] = mapped_column(ForeignKey("invoice_lines.id", ondelete="SET NULL"))
+    ticket_id: Mapped[str | None] = mapped_column(String(200))
+    written_back_at: Mapped[datetime | None]  # the invoice number is in the source system
+    write_back_error: Mapped[str | None] = mapped_column(Text)
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -150,10 +150,13 @@ class Ledger:
                         "period",
                         "content_hash",
                     ]
+                    + (["ticket_id"] if "ticket_id" in new else [])
                 ].to_dict("records")
                 now = utcnow()
                 for record in records:
                     record.update(state=WorkState.EXTRACTED.value, first_seen_at=now, updated_at=now)
+                    if record.get("ticket_id") is not None and pd.isna(record["ticket_id"]):
+                        record["ticket_id"] = None
                 session.execute(insert(WorkItem), records)
                 self._audit(session, actor, "extracted", "work_item", ((r["key"], None) for r in records))
 
@@ -481,6 +484,51 @@ class Ledger:
                     .values(state=WorkState.RECONCILED.value, updated_at=utcnow())
                 )
             self._audit(session, actor, "reconciled", "invoice_draft", ((k, None) for k in draft_keys))
+
+    # -- the source's side: write-back and changes after billing ---------------------------------
+
+    def billed_without_write_back(self, period: str, source_system: str) -> pd.DataFrame:
+        """Posted work items whose invoice number is not yet in the source: key, source_id, ticket_id, number."""
+        query = (
+            select(WorkItem.key, WorkItem.source_id, WorkItem.ticket_id, Posting.erp_number)
+            .join(InvoiceLineRow, InvoiceLineRow.id == WorkItem.line_id)
+            .join(Posting, Posting.draft_key == InvoiceLineRow.draft_key)
+            .where(WorkItem.period == period, WorkItem.source_system == source_system,
+                   WorkItem.state.in_([s.value for s in BILLED_STATES]), WorkItem.written_back_at.is_(None))
+        )  # fmt: skip
+        with self.engine.connect() as connection:
+            return pd.read_sql(query, connection)
+
+    def record_write_back(self, written: Sequence[str], failed: dict[str, str], actor: str) -> None:
+        now = utcnow()
+        with self.session() as session:
+            if written:
+                session.execute(update(WorkItem), [{"key": k, "written_back_at": now, "write_back_error": None}
+                                                   for k in written])  # fmt: skip
+            if failed:
+                session.execute(update(WorkItem), [{"key": k, "write_back_error": e} for k, e in failed.items()])
+            self._audit(session, actor, "written_back", "work_item", ((k, None) for k in written))
+            self._audit(session, actor, "write_back_failed", "work_item", failed.items())
+
+    def flag_billed_changes(
+        self, period: str, source_system: str, instance: str, current: pd.DataFrame, actor: str
+    ) -> tuple[list[str], list[str]]:
+        """Compare billed work items with what the source holds now (``key, content_hash`` of every item of
+        the period): flag the ones edited or deleted since they were billed. Returns (changed, deleted)."""
+        items = self.work_items(period)
+        billed = items[(items["source_system"] == source_system) & (items["instance"] == instance)
+                       & items["state"].isin([s.value for s in BILLED_STATES])]  # fmt: skip
+        now = dict(zip(current["key"], current["content_hash"], strict=True))
+        changed = [k for k, h in zip(billed["key"], billed["billed_hash"], strict=True) if k in now and now[k] != h]
+        deleted = [k for k in billed["key"] if k not in now]
+        flags = {**{k: "changed_after_billing" for k in changed}, **{k: "deleted_after_billing" for k in deleted}}
+        if flags:
+            with self.session() as session:
+                session.execute(update(WorkItem), [{"key": k, "details": {flag: True}, "updated_at": utcnow()}
+                                                   for k, flag in flags.items()])  # fmt: skip
+                self._audit(session, actor, "changed_at_source", "work_item",
+                            ((k, {"what": flag}) for k, flag in flags.items()))  # fmt: skip
+        return changed, deleted
 
     # -- ERP mappings ------------------------------------------------------------------------------
 
