@@ -51,7 +51,7 @@ def test_demo_loads_with_its_values() -> None:
     assert isinstance(rules, RuleSet)
     assert rules.version == 1
     assert rules.name == "demo-msp"
-    assert rules.money_rounding("EUR") is Rounding.HALF_UP
+    assert rules.money_rounding("EUR") is Rounding.HALF_EVEN  # as Tryton, the default ERP, rounds
     assert rules.money_rounding("USD") is Rounding.HALF_EVEN
     assert rules.money_rounding("GBP") is Rounding.HALF_UP  # not listed: the default
     assert (rules.rounding.increment_minutes, rules.rounding.minimum_minutes, rules.rounding.mode) == (15, 15, "up")
@@ -104,9 +104,9 @@ def test_unknown_currency_in_service_rates(tmp_path: Path) -> None:
     error = _load_error(path)
     assert error.path == path
     assert error.field == "services.onsite_support.rates.EURO"
-    assert error.line == _line_of(text, "onsite_support:") == 20
+    assert error.line == _line_of(text, "onsite_support:")
     assert error.problem == "unknown currency 'EURO' (expected an ISO 4217 code such as EUR)"
-    assert str(error) == f"{path}, line 20, field 'services.onsite_support.rates.EURO': {error.problem}"
+    assert str(error) == f"{path}, line {error.line}, field 'services.onsite_support.rates.EURO': {error.problem}"
 
 
 def test_unknown_currency_in_block_style_rates(tmp_path: Path) -> None:
@@ -162,9 +162,9 @@ def test_invalid_business_hour(tmp_path: Path) -> None:
     path = _write(tmp_path, text)
     error = _load_error(path)
     assert error.field == "modifiers.after_hours.business_hours.start"
-    assert error.line == _line_of(text, "after_hours:") == 32
+    assert error.line == _line_of(text, "after_hours:")
     assert error.problem == "'25:00' is not a time of day as HH:MM"
-    assert str(error) == f"{path}, line 32, field 'modifiers.after_hours.business_hours.start': {error.problem}"
+    assert str(error) == f"{path}, line {error.line}, field 'modifiers.after_hours.business_hours.start': {error.problem}"
 
 
 def test_unquoted_business_hour_is_not_a_string(tmp_path: Path) -> None:
@@ -180,8 +180,8 @@ def test_broken_indentation_gives_the_line(tmp_path: Path) -> None:
     error = _load_error(path)
     assert error.path == path
     assert error.problem.startswith("not valid YAML: ")
-    assert error.line == _line_of(text, " increment_minutes: 15") == 13
-    assert str(error).startswith(f"{path}, line 13: not valid YAML")
+    assert error.line == _line_of(text, " increment_minutes: 15")
+    assert str(error).startswith(f"{path}, line {error.line}: not valid YAML")
 
 
 def test_tab_indentation_gives_the_line(tmp_path: Path) -> None:
@@ -220,7 +220,7 @@ def test_negative_service_rate(tmp_path: Path) -> None:
     path = _write(tmp_path, text)
     error = _load_error(path)
     assert error.field == "services.consulting.rates"
-    assert error.line == _line_of(text, "consulting:") == 21
+    assert error.line == _line_of(text, "consulting:")
     assert error.problem == "rate for EUR is negative"
 
 
@@ -228,14 +228,15 @@ def test_negative_customer_rate(tmp_path: Path) -> None:
     text = _edited('rate: "139.00"', 'rate: "-139.00"')
     error = _load_error(_write(tmp_path, text))
     assert error.field == "customer_rates.1.rate"
-    assert error.line == _line_of(text, "NORTHWIND") == 28
+    assert error.line == _line_of(text, "NORTHWIND")
     assert error.problem == "Input should be greater than or equal to 0"
 
 
 def test_zero_multiplier(tmp_path: Path) -> None:
-    error = _load_error(_write(tmp_path, _edited('weekend:     {multiplier: "2.0"}', 'weekend: {multiplier: "0"}')))
+    text = _edited('weekend:     {multiplier: "2.0"}', 'weekend: {multiplier: "0"}')
+    error = _load_error(_write(tmp_path, text))
     assert error.field == "modifiers.weekend.multiplier"
-    assert error.line == 33
+    assert error.line == _line_of(text, 'weekend: {multiplier: "0"}')
     assert error.problem == "Input should be greater than 0"
 
 
@@ -292,11 +293,11 @@ def test_typo_in_a_required_top_level_key_names_the_typo(tmp_path: Path) -> None
 def test_typo_in_a_top_level_key_gives_the_line_of_the_key(tmp_path: Path) -> None:
     text = _edited("\nmodifiers:\n", "\nmodifers:\n")
     error = _load_error(_write(tmp_path, text))
-    assert error.line == _line_of(text, "modifers:") == 31
+    assert error.line == _line_of(text, "modifers:")
 
 
 def test_customer_rate_for_an_unknown_service_gives_its_line(tmp_path: Path) -> None:
     text = _edited("service: onsite_support", "service: onsite_suport")
     error = _load_error(_write(tmp_path, text))
-    assert error.line == _line_of(text, "onsite_suport") == 28
+    assert error.line == _line_of(text, "onsite_suport")
     assert error.field is not None and error.field.startswith("customer_rates.1")
