@@ -118,7 +118,14 @@ class RedmineSource:
         params: dict[str, Any] = {"from": start, "to": end}
         if unbilled_only:
             params[f"cf_{self.custom_field_id('time_entry', self.mapping.invoice_number_field)}"] = "!*"
-        return OffsetPaginator(self.http, "/time_entries.json", "time_entries", params).all()
+        if not self.mapping.projects:
+            return OffsetPaginator(self.http, "/time_entries.json", "time_entries", params).all()
+        entries: dict[int, dict[str, Any]] = {}  # project_id=<identifier> includes its subprojects
+        for project in self.mapping.projects:
+            for item in OffsetPaginator(self.http, "/time_entries.json", "time_entries",
+                                        {**params, "project_id": project}).all():  # fmt: skip
+                entries[item["id"]] = item
+        return list(entries.values())
 
     def issues(self, ids: Iterable[int]) -> list[dict[str, Any]]:
         ids = sorted(set(ids))

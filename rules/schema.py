@@ -149,6 +149,9 @@ class RedmineMapping(Strict):
         default_factory=dict, description="project identifier → customer id (default: the identifier itself)"
     )
     rollup_subprojects: bool = Field(True, description="a subproject bills to its parent project's customer")
+    projects: list[str] = Field(
+        default_factory=list, description="bill only these project identifiers (and their subprojects); empty: all"
+    )
     activities: dict[str, str] = Field(
         default_factory=dict, description="activity name → service type (default: the name in snake_case)"
     )

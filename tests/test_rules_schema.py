@@ -164,7 +164,8 @@ def test_invalid_business_hour(tmp_path: Path) -> None:
     assert error.field == "modifiers.after_hours.business_hours.start"
     assert error.line == _line_of(text, "after_hours:")
     assert error.problem == "'25:00' is not a time of day as HH:MM"
-    assert str(error) == f"{path}, line {error.line}, field 'modifiers.after_hours.business_hours.start': {error.problem}"
+    field = "modifiers.after_hours.business_hours.start"
+    assert str(error) == f"{path}, line {error.line}, field '{field}': {error.problem}"
 
 
 def test_unquoted_business_hour_is_not_a_string(tmp_path: Path) -> None:
