@@ -51,6 +51,15 @@ def tryton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield connection
 
 
+@pytest.fixture(scope="session")
+def redmine() -> Iterator[Any]:
+    """One real Redmine (Debian's package, installed and configured by tests/system/redmine-setup.sh)."""
+    from tests.system.redmine import redmine_server
+
+    with redmine_server() as instance:
+        yield instance
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"

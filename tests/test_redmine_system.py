@@ -1,0 +1,223 @@
+"""Against a real Redmine 5.0 (Debian's packages, puma, SQLite): the REST API behaviour the connector relies on.
+
+One server and one seed for the module (about 10 s to start, 7 s to seed); the projects are new on every run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.system.redmine import RedmineInstance, SeedSummary, month_range, new_tag, redmine_server, seed
+
+pytestmark = pytest.mark.integration
+
+BILLED_MONTH = "2026-10"
+
+
+@pytest.fixture(scope="module")
+def redmine() -> Iterator[RedmineInstance]:
+    with redmine_server() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def seeded(redmine: RedmineInstance) -> SeedSummary:
+    return seed(redmine, new_tag())
+
+
+@pytest.fixture
+def client(redmine: RedmineInstance) -> Iterator[httpx.Client]:
+    with redmine.client() as http:
+        yield http
+
+
+Params = list[tuple[str, str | int]]
+
+
+def _filter(name: str, operator: str, *values: str | int) -> Params:
+    """One filter in the query-builder syntax. With any `f[]`, the short forms (`cf_1=0`) are silently ignored."""
+    return [("f[]", name), (f"op[{name}]", operator), *((f"v[{name}][]", value) for value in values)]
+
+
+def _month_params(month: str, project_ids: list[int]) -> Params:
+    """Spent in the month, in any of the projects (ids, not identifiers; subprojects are not included)."""
+    first, last = month_range(month)
+    return _filter("spent_on", "><", first.isoformat(), last.isoformat()) + _filter("project_id", "=", *project_ids)
+
+
+def _all_pages(
+    client: httpx.Client, path: str, params: Params, limit: int = 100
+) -> tuple[list[dict[str, Any]], int, int]:
+    """(items, total_count, pages) by offset/limit."""
+    items: list[dict[str, Any]] = []
+    pages = 0
+    while True:
+        response = client.get(path, params=[*params, ("offset", len(items)), ("limit", limit)])
+        assert response.status_code == 200, response.text
+        body = response.json()
+        pages += 1
+        items += body["time_entries"]
+        if not body["time_entries"] or len(items) >= body["total_count"]:
+            return items, int(body["total_count"]), pages
+
+
+def test_api_key_is_checked_on_users_current(redmine: RedmineInstance) -> None:
+    response = httpx.get(f"{redmine.url}/users/current.json", headers=redmine.headers)
+    assert response.status_code == 200
+    assert response.json()["user"]["login"] == "admin"
+    wrong = httpx.get(f"{redmine.url}/users/current.json", headers={"X-Redmine-API-Key": "0" * 40})
+    assert wrong.status_code == 401
+    # A wrong key is not an error elsewhere: the request is anonymous and the list empty.
+    anonymous = httpx.get(f"{redmine.url}/time_entries.json", headers={"X-Redmine-API-Key": "0" * 40})
+    assert anonymous.status_code == 200
+    assert anonymous.json()["time_entries"] == []
+
+
+def test_billed_month_comes_back_over_several_pages(client: httpx.Client, seeded: SeedSummary) -> None:
+    expected = {entry.id: entry for entry in seeded.month(BILLED_MONTH)}
+    assert len(expected) > 100
+
+    items, total, pages = _all_pages(
+        client, "/time_entries.json", _month_params(BILLED_MONTH, [*seeded.projects.values()])
+    )
+
+    assert pages > 1
+    assert total == len(expected)
+    assert sorted(item["id"] for item in items) == sorted(expected)
+    for item in items:
+        entry = expected[item["id"]]
+        assert item["project"]["id"] == seeded.projects[entry.project]
+        assert item["user"]["id"] == entry.user_id
+        assert item["activity"]["name"] == entry.activity
+        assert item["hours"] == pytest.approx(entry.hours)
+        assert item["spent_on"] == entry.spent_on.isoformat()
+        assert item.get("issue", {}).get("id") == entry.issue_id
+
+
+def test_limit_is_capped_at_100(client: httpx.Client, seeded: SeedSummary) -> None:
+    params = [*_month_params(BILLED_MONTH, [*seeded.projects.values()]), ("limit", 500)]
+    body = client.get("/time_entries.json", params=params).json()
+    assert body["limit"] == 100
+    assert len(body["time_entries"]) == 100
+
+
+def test_from_to_and_project_scope_the_list(client: httpx.Client, seeded: SeedSummary) -> None:
+    """The simple syntax: from/to on spent_on, a project identifier includes its subprojects."""
+    customer = seeded.customers[0]
+    family = {customer} | {child for child, parent in seeded.parents.items() if parent == customer}
+    first, last = month_range("2026-09")
+    expected = sorted(entry.id for entry in seeded.month("2026-09") if entry.project in family)
+    params: Params = [("project_id", customer), ("from", first.isoformat()), ("to", last.isoformat())]
+    items, total, _ = _all_pages(client, "/time_entries.json", params)
+    assert total == len(expected)
+    assert sorted(item["id"] for item in items) == expected
+
+
+def test_billable_custom_field_is_seeded_and_filterable(
+    client: httpx.Client, redmine: RedmineInstance, seeded: SeedSummary
+) -> None:
+    billable = redmine.custom_fields["time_entry:Billable"]
+    params = [*_month_params(BILLED_MONTH, [*seeded.projects.values()]), *_filter(f"cf_{billable}", "=", "0")]
+    items, total, _ = _all_pages(client, "/time_entries.json", params)
+    expected = {entry.id for entry in seeded.month(BILLED_MONTH) if not entry.billable}
+    assert expected
+    assert total == len(expected)
+    assert {item["id"] for item in items} == expected
+    for item in items:
+        assert {"id": billable, "name": "Billable", "value": "0"} in item["custom_fields"]
+    # The trap: next to any f[] filter, a short one is silently ignored and everything comes back.
+    mixed = [*_month_params(BILLED_MONTH, [*seeded.projects.values()]), (f"cf_{billable}", "0"), ("limit", 1)]
+    assert client.get("/time_entries.json", params=mixed).json()["total_count"] == len(seeded.month(BILLED_MONTH))
+
+
+def test_invoice_number_on_a_time_entry_is_written_and_read_back(
+    client: httpx.Client, redmine: RedmineInstance, seeded: SeedSummary
+) -> None:
+    invoice_field = redmine.custom_fields["time_entry:Invoice number"]
+    entry = next(e for e in seeded.month(BILLED_MONTH) if e.billable and e.issue_id is not None)
+    number = f"INV-{seeded.tag}-1"
+
+    response = client.put(
+        f"/time_entries/{entry.id}.json",
+        json={"time_entry": {"custom_fields": [{"id": invoice_field, "value": number}]}},
+    )
+
+    assert response.status_code == 204
+    read = client.get(f"/time_entries/{entry.id}.json").json()["time_entry"]
+    assert {"id": invoice_field, "name": "Invoice number", "value": number} in read["custom_fields"]
+    assert read["hours"] == pytest.approx(entry.hours)  # the rest is untouched
+
+
+def test_invoice_number_on_an_issue_is_written_and_read_back(
+    client: httpx.Client, redmine: RedmineInstance, seeded: SeedSummary
+) -> None:
+    invoice_field = redmine.custom_fields["issue:Invoice number"]
+    issue_id = seeded.issues[seeded.customers[0]][0]
+    number = f"INV-{seeded.tag}-issue"
+
+    response = client.put(
+        f"/issues/{issue_id}.json", json={"issue": {"custom_fields": [{"id": invoice_field, "value": number}]}}
+    )
+
+    assert response.status_code == 204
+    read = client.get(f"/issues/{issue_id}.json").json()["issue"]
+    assert {"id": invoice_field, "name": "Invoice number", "value": number} in read["custom_fields"]
+
+
+def test_empty_invoice_number_filter_leaves_out_an_invoiced_entry(
+    client: httpx.Client, redmine: RedmineInstance, seeded: SeedSummary
+) -> None:
+    invoice_field = redmine.custom_fields["time_entry:Invoice number"]
+    project = seeded.customers[1]
+    entries = [e.id for e in seeded.month(BILLED_MONTH) if e.project == project]
+    invoiced, other = entries[0], entries[1:]
+    response = client.put(
+        f"/time_entries/{invoiced}.json",
+        json={"time_entry": {"custom_fields": [{"id": invoice_field, "value": f"INV-{seeded.tag}-2"}]}},
+    )
+    assert response.status_code == 204
+
+    params = [*_month_params(BILLED_MONTH, [seeded.projects[project]]), *_filter(f"cf_{invoice_field}", "!*")]
+    items, total, _ = _all_pages(client, "/time_entries.json", params)
+
+    assert sorted(item["id"] for item in items) == sorted(other)
+    assert total == len(other)
+    done = [*_month_params(BILLED_MONTH, [seeded.projects[project]]), *_filter(f"cf_{invoice_field}", "*")]
+    assert [item["id"] for item in _all_pages(client, "/time_entries.json", done)[0]] == [invoiced]
+    # The same in the short syntax: project identifier, from/to, cf_N=!*.
+    first, last = month_range(BILLED_MONTH)
+    short: Params = [
+        ("project_id", project), ("from", first.isoformat()), ("to", last.isoformat()), (f"cf_{invoice_field}", "!*"),
+    ]  # fmt: skip
+    items, total, _ = _all_pages(client, "/time_entries.json", short)
+    assert sorted(item["id"] for item in items) == sorted(other)
+
+
+def test_time_entry_without_issue_is_listed_with_its_project(client: httpx.Client, seeded: SeedSummary) -> None:
+    entry = next(e for e in seeded.month(BILLED_MONTH) if e.id in seeded.without_issue)
+    project_id = seeded.projects[entry.project]
+    items, _, _ = _all_pages(client, "/time_entries.json", _month_params(BILLED_MONTH, [project_id]))
+
+    listed = next(item for item in items if item["id"] == entry.id)
+    assert "issue" not in listed
+    assert listed["project"] == {"id": project_id, "name": listed["project"]["name"]}
+    assert listed["comments"] == entry.comments
+    assert any("issue" in item for item in items)  # alongside entries on issues of the same project
+
+
+def test_seeded_issues_include_closed_ones(client: httpx.Client, seeded: SeedSummary) -> None:
+    project = seeded.customers[0]
+    params = {"project_id": project, "status_id": "*", "limit": 100}
+    issues = client.get("/issues.json", params=params).json()["issues"]
+    open_only = client.get("/issues.json", params={"project_id": project, "limit": 100}).json()["issues"]
+
+    family = [project, *(child for child, parent in seeded.parents.items() if parent == project)]
+    seeded_ids = {i for identifier in family for i in seeded.issues[identifier]}
+    assert {issue["id"] for issue in issues} == seeded_ids  # subprojects included
+    assert seeded.closed_issues & seeded_ids
+    assert {issue["id"] for issue in open_only} == seeded_ids - seeded.closed_issues
+    assert {issue["tracker"]["name"] for issue in issues} == {"Support", "Bug", "Feature"}
