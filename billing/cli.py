@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,9 @@ from rich.table import Table
 from billing.errors import UserFacingError
 from billing.money import format_money
 from billing.settings import Settings, load_settings
+
+Period = Annotated[str | None, typer.Option(help="Billing period YYYY-MM. Default: the export's own period.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")]
 
 app = typer.Typer(
     name="ticket-to-invoice",
@@ -53,6 +57,17 @@ def _local_ui_running() -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _quiet_stdout(as_json: bool, status: str) -> Iterator[None]:
+    """With --json, stdout carries the JSON object alone (Prefect's logs go to stderr); else a spinner."""
+    if as_json:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    else:
+        with err.status(status):
+            yield
+
+
 def _fail(exc: UserFacingError) -> typer.Exit:
     err.print(f"[bold red]error:[/] {exc}", highlight=False)
     if exc.hint:
@@ -62,9 +77,7 @@ def _fail(exc: UserFacingError) -> typer.Exit:
 
 @app.command()
 def run(
-    period: Annotated[
-        str | None, typer.Option(help="Billing period YYYY-MM. Default: the export's own period.")
-    ] = None,
+    period: Period = None,
     source: Annotated[
         Literal["files", "redmine"] | None,
         typer.Option(
@@ -88,9 +101,7 @@ def run(
             "a human in the Prefect UI or `ticket-to-invoice approve`."
         ),
     ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")
-    ] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Bill one period: every work item ends billed, non-billable by a named rule, or quarantined.
 
@@ -113,9 +124,7 @@ def run(
 
         preflight(settings)  # a user's mistake is an error message here, not a failed run with a traceback
 
-        # Prefect logs to the console; with --json, stdout carries the JSON object alone.
-        redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
-        with redirect, contextlib.nullcontext() if as_json else err.status("Billing…"):
+        with _quiet_stdout(as_json, "Billing…"):
             summary = ticket_to_invoice(
                 period=settings.period, source=settings.source, input_dir=str(settings.input_dir),
                 erp=settings.erp, rules=str(settings.rules_file), approve=settings.approve,
@@ -175,16 +184,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 @app.command()
 def reconcile(
-    period: Annotated[
-        str | None, typer.Option(help="Billing period YYYY-MM. Default: the export's own period.")
-    ] = None,
+    period: Period = None,
     erp: Annotated[Literal["tryton", "files"] | None, typer.Option(help="The ERP to read back from.")] = None,
     source: Annotated[
         Literal["files", "redmine"] | None, typer.Option(help="Also check the source for edits after billing.")
     ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")
-    ] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Read every posted invoice back from the ERP and compare it with the ledger to the cent.
 
@@ -198,8 +203,7 @@ def reconcile(
         _prepare_prefect(settings)
         from flows.reconcile import reconcile_erp
 
-        redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
-        with redirect, contextlib.nullcontext() if as_json else err.status("Reconciling…"):
+        with _quiet_stdout(as_json, "Reconciling…"):
             report = reconcile_erp(period=settings.period, erp=settings.erp, source=settings.source)
     except UserFacingError as exc:
         raise _fail(exc) from None
