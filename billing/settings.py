@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -39,8 +39,14 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL of the ledger; default: a SQLite file in `home`."
     )
     source: Literal["files", "redmine"] = "files"
-    redmine_url: str | None = Field(default=None, description="Redmine's base URL, for --source redmine.")
-    redmine_api_key: SecretStr | None = Field(default=None, description="From the environment, never a file.")
+    redmine_url: str | None = Field(
+        default=None, description="Redmine's base URL, for --source redmine.",
+        validation_alias=AliasChoices("TICKET_TO_INVOICE_REDMINE_URL", "REDMINE_URL", "redmine_url"),
+    )  # fmt: skip
+    redmine_api_key: SecretStr | None = Field(
+        default=None, description="From the environment, never a file.",
+        validation_alias=AliasChoices("TICKET_TO_INVOICE_REDMINE_API_KEY", "REDMINE_API_KEY", "redmine_api_key"),
+    )  # fmt: skip
     redmine_instance: str | None = Field(default=None, description="A stable name of the Redmine (default: its host).")
     input_dir: Path = Field(default=SAMPLE_EXPORT, description="Folder of a file-drop export.")
     rules_file: Path = Field(default=EXAMPLE_RULES, description="Pricing and approval rules (YAML).")

@@ -161,6 +161,8 @@ class TrytonRpc:
 
     def model(self, model: str, method: str, *args: Any, context: dict[str, Any] | None = None) -> Any:
         """``model.<model>.<method>(*args, context)`` with the user's company context."""
+        if self._auth is None:  # the context (the user's company) comes with the login
+            self.login()
         return self.call(f"model.{model}.{method}", *args, {**self.context, **(context or {})})
 
     def close(self) -> None:

@@ -151,3 +151,15 @@ def test_write_back_sets_the_field_and_notes_the_issue_once_per_invoice() -> Non
     assert issue.call_count == 1
     body = issue.calls[0].request.content.decode()
     assert "INV2026-0001" in body and "#1, #2" in body and '"id": 9' in body.replace('"id":9', '"id": 9')
+
+
+@respx.mock
+def test_a_failed_write_back_is_reported_for_the_next_run() -> None:
+    respx.get(f"{URL}/custom_fields.json").mock(return_value=httpx.Response(200, json={"custom_fields": FIELDS}))
+    respx.put(f"{URL}/time_entries/1.json").mock(return_value=httpx.Response(204))
+    respx.put(f"{URL}/time_entries/2.json").mock(return_value=httpx.Response(422, json={"errors": ["locked"]}))
+    billed = pd.DataFrame({"key": ["k1", "k2"], "source_id": ["1", "2"], "ticket_id": [None, None],
+                           "erp_number": ["INV2026-0001"] * 2})  # fmt: skip
+    result = source().write_back(billed)
+    assert result.written == ["k1"]
+    assert list(result.failed) == ["k2"] and "HTTP 422" in result.failed["k2"]
