@@ -269,7 +269,7 @@ def approve(
     answer = {"approver": approver, "decision": "reject" if reject else "approve", "note": note}
     for flow_run_id in ids:
         resume_flow_run(flow_run_id, run_input=answer)
-        out.print(f"{answer['decision']}d: flow run {flow_run_id}")
+        out.print(f"{'rejected' if reject else 'approved'}: flow run {flow_run_id}")
 
 
 def main() -> None:

@@ -200,3 +200,35 @@ def test_nobody_answers_and_the_drafts_stay_pending(
     again = run(approve="manual")
     human.join(timeout=5)
     assert again["new_postings"] == 4 and {i["status"] for i in again["invoices"]} == {"posted"}
+
+
+def test_the_approve_command_answers_a_paused_run(run: Callable[..., dict[str, Any]], settings: Settings) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    cli = str(Path(sys.executable).parent / "ticket-to-invoice")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_HOME": os.environ["PREFECT_HOME"]}
+    answers: list[subprocess.CompletedProcess[str]] = []
+
+    def approver() -> None:  # a second process, as a person at another terminal
+        for _ in range(60):
+            result = subprocess.run([cli, "approve", "--approver", "kim@example.com", "--note", "ok by phone"],
+                                    env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+            if result.returncode == 0:
+                answers.append(result)
+                return
+            time.sleep(1)
+
+    thread = threading.Thread(target=approver, daemon=True)
+    thread.start()
+    summary = run(approve="manual")
+    thread.join(timeout=10)
+
+    assert answers and "approved: flow run" in answers[0].stdout
+    assert {i["status"] for i in summary["invoices"]} == {"posted"}
+    decision = Ledger(settings.resolved_ledger_url).approvals(summary["invoices"][0]["key"])[-1]
+    assert (decision.approver, decision.decision, decision.note) == ("kim@example.com", "approved", "ok by phone")
