@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,35 +35,54 @@ class PricingResult:
     unpriceable: pd.DataFrame  # key, reason (no rate, unknown customer ...): quarantined by the caller
 
 
-def _rate_table(rules: RuleSet) -> pd.DataFrame:
-    rows = [
-        {"customer_id": None, "service_type": code, "currency": cur, "rate_minor": to_minor(rate, cur),
-         "rate_source": f"services.{code}.rates.{cur}"}
-        for code, service in rules.services.items() for cur, rate in service.rates.items()
-    ]  # fmt: skip
-    return pd.DataFrame(rows, columns=["customer_id", "service_type", "currency", "rate_minor", "rate_source"])
+def _rate_tables(
+    rules: RuleSet, customers: list[Customer | None], services: list[str]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Rate (minor units, -1 where none) and rate source (an index into the returned names) for every
+    (customer, service) pair seen: customer × service is small, so per-row lookups become array indexing.
+    The customer's own rate for a service wins over the service's default in the customer's currency."""
+    names: list[str] = []
+    currencies = sorted({c.currency for c in customers if c is not None})
+    default_rate = np.full((len(currencies) + 1, len(services)), -1, dtype="int64")  # last row: no customer
+    default_source = np.full((len(currencies) + 1, len(services)), -1, dtype="int64")
+    for row, currency in enumerate(currencies):
+        for col, code in enumerate(services):
+            spec = rules.services.get(code)
+            if spec is not None and currency in spec.rates:
+                default_rate[row, col] = to_minor(spec.rates[currency], currency)
+                default_source[row, col] = _name(names, f"services.{code}.rates.{currency}")
+    currency_row = np.array([currencies.index(c.currency) if c else len(currencies) for c in customers], dtype="int64")
+    rate, source = default_rate[currency_row], default_source[currency_row]
+    row_of = {c.customer_id: n for n, c in enumerate(customers) if c is not None}
+    service_col = {s: n for n, s in enumerate(services)}
+    for number, own in enumerate(rules.customer_rates):
+        if own.customer in row_of and own.service in service_col:
+            row, col = row_of[own.customer], service_col[own.service]
+            rate[row, col] = to_minor(own.rate, customers[row].currency)  # type: ignore[union-attr]
+            source[row, col] = _name(names, f"customer_rates[{number}]")
+    return rate, source, names
 
 
-def _customer_rate_table(rules: RuleSet, currency_of: dict[str, str]) -> pd.DataFrame:
-    rows = [
-        {"customer_id": r.customer, "service_type": r.service, "rate_minor": to_minor(r.rate, currency_of[r.customer]),
-         "rate_source": f"customer_rates[{n}]"}
-        for n, r in enumerate(rules.customer_rates) if r.customer in currency_of
-    ]  # fmt: skip
-    return pd.DataFrame(rows, columns=["customer_id", "service_type", "rate_minor", "rate_source"])
+def _name(names: list[str], name: str) -> int:
+    names.append(name)
+    return len(names) - 1
 
 
-def _local_times(started_at: pd.Series, zones: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
-    """Weekday (0=Mon), minute of the day and date of each timestamp in its customer's timezone."""
-    weekday = pd.Series(0, index=started_at.index, dtype="int64")
-    minute = pd.Series(0, index=started_at.index, dtype="int64")
-    day = pd.Series("", index=started_at.index, dtype="object")
-    for zone, index in zones.groupby(zones).groups.items():
-        local = started_at.loc[index].dt.tz_convert(str(zone))
-        weekday.loc[index] = local.dt.weekday.to_numpy()
-        minute.loc[index] = (local.dt.hour * 60 + local.dt.minute).to_numpy()
-        day.loc[index] = local.dt.strftime("%Y-%m-%d").to_numpy()
-    return weekday, minute, day
+def _local_times(started_at: pd.Series, zone_codes: np.ndarray, zones: list[str]) -> tuple[np.ndarray, ...]:
+    """Weekday (0=Mon), minute of the day and date of each timestamp in its customer's timezone.
+
+    One tz_convert per distinct zone, then integer arithmetic on local wall-clock nanoseconds."""
+    wall = np.zeros(len(started_at), dtype="int64")
+    utc = started_at.to_numpy(dtype="datetime64[ns]").view("int64")
+    for code, zone in enumerate(zones):
+        mask = zone_codes == code
+        if mask.any():
+            local = pd.DatetimeIndex(utc[mask].view("datetime64[ns]"), tz="UTC").tz_convert(zone).tz_localize(None)
+            wall[mask] = local.asi8
+    minutes = wall // 60_000_000_000
+    days = minutes // 1440
+    weekday = (days + 3) % 7  # 1970-01-01 was a Thursday
+    return weekday, minutes % 1440, days.astype("datetime64[D]")
 
 
 def _round_time(raw_seconds: np.ndarray, rules: RuleSet) -> np.ndarray:
@@ -73,99 +93,119 @@ def _round_time(raw_seconds: np.ndarray, rules: RuleSet) -> np.ndarray:
     return np.maximum(billed, policy.minimum_minutes * 60)
 
 
-def non_billable_rule(worklogs: pd.DataFrame, rules: RuleSet) -> pd.Series:
-    """The id of the first non-billable rule each work log matches, or NA."""
-    rule = pd.Series(pd.NA, index=worklogs.index, dtype="object")
-    for spec in rules.non_billable:
-        mask = pd.Series(True, index=worklogs.index)
+def non_billable_rule(
+    worklogs: pd.DataFrame, rules: RuleSet, service_codes: np.ndarray | None = None, services: Any = None
+) -> tuple[np.ndarray, list[str]]:
+    """For each work log, the index of the first non-billable rule it matches (-1: none), and the rule ids.
+    Service conditions compare factorized codes when given (cheaper than 1M string comparisons)."""
+    if service_codes is None:
+        service_codes, services = pd.factorize(worklogs["service_type"])
+    code_of = {name: n for n, name in enumerate(services)}
+
+    def service_is(wanted: str | list[str]) -> np.ndarray:
+        wanted_codes = [code_of[w] for w in ([wanted] if isinstance(wanted, str) else wanted) if w in code_of]
+        return np.isin(service_codes, wanted_codes)
+
+    names = [spec.id for spec in rules.non_billable]
+    rule = np.full(len(worklogs), -1, dtype="int64")
+    for number, spec in enumerate(rules.non_billable):
+        mask = np.ones(len(worklogs), dtype=bool)
         for column, wanted in spec.when.items():
-            values = worklogs[column]
-            mask &= values.isin(wanted) if isinstance(wanted, list) else values == wanted
-        rule = rule.mask(rule.isna() & mask, spec.id)
+            if column == "service_type":
+                mask &= service_is(wanted)  # type: ignore[arg-type]
+            else:
+                values = worklogs[column]
+                mask &= (values.isin(wanted) if isinstance(wanted, list) else values == wanted).to_numpy(dtype=bool)
+        rule[mask & (rule < 0)] = number
     for code, service in rules.services.items():
         if not service.billable:
-            rule = rule.mask(rule.isna() & (worklogs["service_type"] == code), f"services.{code}.billable=false")
-    return rule
+            names.append(f"services.{code}.billable=false")
+            rule[service_is(code) & (rule < 0)] = len(names) - 1
+    return rule, names
+
+
+MODIFIERS = ["", "after_hours", "weekend"]
+# What a charge line keeps of its work log (the rest stays in the ledger).
+CARRIED_COLUMNS = ("key", "source_id", "ticket_id", "customer_id", "user", "service_type", "started_at",
+                   "raw_seconds", "note")  # fmt: skip
 
 
 def price(worklogs: pd.DataFrame, customers: list[Customer], rules: RuleSet) -> PricingResult:
-    frame = worklogs.copy()
-    currency_of = {c.customer_id: c.currency for c in customers}
-    zone_of = {c.customer_id: c.timezone for c in customers}
-    frame["currency"] = frame["customer_id"].map(currency_of)
+    """Price whole columns: factorize customers and services once, then index small lookup tables.
+    Text columns of the result are categoricals built from codes: no per-row Python objects."""
+    customer_codes, customer_ids = pd.factorize(worklogs["customer_id"])
+    service_codes, service_ids = pd.factorize(worklogs["service_type"])
+    by_id = {c.customer_id: c for c in customers}
+    known = [by_id.get(c) for c in customer_ids]
+    keys = worklogs["key"].to_numpy()
 
-    rule = non_billable_rule(frame, rules)
-    non_billable = pd.DataFrame({"key": frame.loc[rule.notna(), "key"], "rule": rule[rule.notna()]})
-    frame = frame.loc[rule.isna()]
+    rule, rule_names = non_billable_rule(worklogs, rules, service_codes, service_ids)
+    settled = rule >= 0
+    non_billable = pd.DataFrame({"key": keys[settled], "rule": np.array(rule_names, dtype=object)[rule[settled]]})
 
-    unknown_customer = frame["currency"].isna()
-    problems = [
-        pd.DataFrame(
-            {
-                "key": frame.loc[unknown_customer, "key"],
-                "reason": "unknown customer " + frame.loc[unknown_customer, "customer_id"].astype(str),
-            }
-        )
-    ]
-    frame = frame.loc[~unknown_customer]
+    is_known = np.array([c is not None for c in known] + [False], dtype=bool)[customer_codes]  # -1: no customer
+    unknown = ~settled & ~is_known
+    reason = "unknown customer " + worklogs["customer_id"][unknown].astype(str)
+    problems = [pd.DataFrame({"key": keys[unknown], "reason": reason})]
 
-    # Rate: the customer's own rate for the service wins over the service's default in that currency.
-    own = _customer_rate_table(rules, currency_of)
-    default = _rate_table(rules)
-    frame = frame.merge(own, on=["customer_id", "service_type"], how="left")
-    frame = frame.merge(
-        default.drop(columns="customer_id"), on=["service_type", "currency"], how="left", suffixes=("", "_default")
-    )
-    frame["rate_source"] = frame["rate_source"].fillna(frame["rate_source_default"])
-    frame["rate_minor"] = frame["rate_minor"].fillna(frame["rate_minor_default"])
-    no_rate = frame["rate_minor"].isna()
+    rates, sources, source_names = _rate_tables(rules, known, list(service_ids))
+    candidate = ~settled & is_known
+    rate = np.where(candidate & (service_codes >= 0), rates[customer_codes, service_codes], -1)
+    currencies = sorted({c.currency for c in known if c is not None})
+    currency_code = np.array([currencies.index(c.currency) if c else -1 for c in known] + [-1])[customer_codes]
+    no_rate = candidate & (rate < 0)
     problems.append(pd.DataFrame({
-        "key": frame.loc[no_rate, "key"],
-        "reason": "no rate for service " + frame.loc[no_rate, "service_type"] + " in " + frame.loc[no_rate, "currency"],
+        "key": keys[no_rate],
+        "reason": [f"no rate for service {s} in {currencies[c]}" for s, c in
+                   zip(worklogs["service_type"].to_numpy()[no_rate], currency_code[no_rate], strict=True)],
     }))  # fmt: skip
-    frame = frame.loc[~no_rate].drop(columns=["rate_source_default", "rate_minor_default"])
-    frame["rate_minor"] = frame["rate_minor"].astype("int64")
+    take = np.flatnonzero(candidate & (rate >= 0))
+    codes, currency_code, rate = customer_codes[take], currency_code[take], rate[take]
+    carried = [c for c in CARRIED_COLUMNS if c in worklogs.columns]
+    frame = worklogs[carried].iloc[take].reset_index(drop=True)
+    frame["currency"] = pd.Categorical.from_codes(currency_code, categories=currencies)
+    frame["rate_minor"] = rate
+    frame["rate_source"] = pd.Categorical.from_codes(sources[codes, service_codes[take]], categories=source_names)
 
     # When the work was done, in the customer's timezone.
-    weekday, minute, day = _local_times(frame["started_at"], frame["customer_id"].map(zone_of))
+    zone_codes, zones = pd.factorize(np.array([c.timezone if c else "UTC" for c in known], dtype=object))
+    weekday, minute, day = _local_times(frame["started_at"], zone_codes[codes], list(zones))
     frame["local_date"] = day
     multiplier = np.full(len(frame), BASIS, dtype="int64")
-    modifier = np.full(len(frame), "", dtype=object)
+    modifier = np.zeros(len(frame), dtype="int8")  # an index into MODIFIERS
     after = rules.modifiers.after_hours
     if after is not None:
         start, end = after.business_hours.minutes()
-        mask = ((minute < start) | (minute >= end)).to_numpy()
         bp = int(after.multiplier * BASIS)
-        take = mask & (bp > multiplier)
-        multiplier[take], modifier[take] = bp, "after_hours"
+        hit = ((minute < start) | (minute >= end)) & (bp > multiplier)
+        multiplier[hit], modifier[hit] = bp, MODIFIERS.index("after_hours")
     weekend = rules.modifiers.weekend
     if weekend is not None:
-        mask = (weekday >= 5).to_numpy()
         bp = int(weekend.multiplier * BASIS)
-        take = mask & (bp > multiplier)
-        multiplier[take], modifier[take] = bp, "weekend"
+        hit = (weekday >= 5) & (bp > multiplier)
+        multiplier[hit], modifier[hit] = bp, MODIFIERS.index("weekend")
     frame["multiplier_bp"] = multiplier
-    frame["modifier"] = modifier
+    frame["modifier"] = pd.Categorical.from_codes(modifier, categories=MODIFIERS)
 
-    raw = frame["raw_seconds"].to_numpy(dtype="int64")
-    frame["billed_seconds"] = _round_time(raw, rules)
-    frame["quantity_centi"] = div_round(frame["billed_seconds"].to_numpy() * CENTI_HOURS, 3600, Rounding.HALF_UP)
+    billed = _round_time(frame["raw_seconds"].to_numpy(dtype="int64"), rules)
+    quantity_centi = div_round(billed * CENTI_HOURS, 3600, Rounding.HALF_UP)
     unit = np.zeros(len(frame), dtype="int64")
     amount = np.zeros(len(frame), dtype="int64")
-    currencies = frame["currency"].to_numpy()
-    for currency in pd.unique(currencies):
-        mask = currencies == currency
-        mode = rules.money_rounding(currency)
-        unit[mask] = div_round(frame["rate_minor"].to_numpy()[mask] * multiplier[mask], BASIS, mode)
-        amount[mask] = div_round(frame["quantity_centi"].to_numpy()[mask] * unit[mask], CENTI_HOURS, mode)
+    modes = [rules.money_rounding(c) for c in currencies]
+    for code, mode in enumerate(modes):
+        mask = currency_code == code
+        unit[mask] = div_round(rate[mask] * multiplier[mask], BASIS, mode)
+        amount[mask] = div_round(quantity_centi[mask] * unit[mask], CENTI_HOURS, mode)
+    frame["billed_seconds"] = billed
+    frame["quantity_centi"] = quantity_centi
     frame["unit_price_minor"] = unit
     frame["amount_minor"] = amount
-    frame["money_rounding"] = [rules.money_rounding(c).value for c in currencies] if len(frame) else []
-    return PricingResult(
-        lines=frame.reset_index(drop=True),
-        non_billable=non_billable.reset_index(drop=True),
-        unpriceable=pd.concat(problems, ignore_index=True),
+    rounding_names = sorted({m.value for m in modes})
+    frame["money_rounding"] = pd.Categorical.from_codes(
+        np.array([rounding_names.index(m.value) for m in modes] + [0], dtype="int64")[currency_code],
+        categories=rounding_names or ["half_up"],
     )
+    return PricingResult(lines=frame, non_billable=non_billable, unpriceable=pd.concat(problems, ignore_index=True))
 
 
 def quantity(centi: int) -> Decimal:

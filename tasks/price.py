@@ -83,7 +83,7 @@ def _present(value: Any) -> bool:
 
 
 def _description(row: dict[str, Any], service_name: str) -> str:
-    parts = [str(row["local_date"]), service_name]
+    parts = [str(row["local_date"])[:10], service_name]
     if _present(row["ticket_id"]):
         parts.insert(1, str(row["ticket_id"]))
     if _present(row["modifier"]):

@@ -30,9 +30,12 @@ def timed(work: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def main(names: list[str]) -> None:
-    from tests.bench import bench_tryton
+    from tests.bench import bench_pricing, bench_tryton
 
-    benchmarks: dict[str, Callable[[], dict[str, Any]]] = {"tryton_posting": bench_tryton.run}
+    benchmarks: dict[str, Callable[[], dict[str, Any]]] = {
+        "pricing": bench_pricing.run,
+        "tryton_posting": bench_tryton.run,
+    }
     chosen = names or list(benchmarks)
     entries = {e["name"]: e for e in json.loads(RESULTS.read_text())} if RESULTS.exists() else {}
     for name in chosen:
