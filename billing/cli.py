@@ -182,6 +182,48 @@ def _print_summary(summary: dict[str, Any]) -> None:
         err.print(f"[red]posting failed[/] {failure['draft_key']}: {failure['error']}")
 
 
+@app.command("price")
+def price_preview(
+    period: Period = None,
+    source: Annotated[Literal["files", "redmine"] | None, typer.Option(help="Where work comes from.")] = None,
+    input_dir: Annotated[Path | None, typer.Option("--input", help="Folder of a file-drop export.")] = None,
+    rules: Annotated[Path | None, typer.Option(help="Rules file (YAML). Default: rules/examples/demo.yaml.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Price a period without posting anything: every charge line with its explanation, and the draft totals.
+
+    Nothing is written: not the ledger, not the ERP. Try a rule change here before a real run.
+
+        ticket-to-invoice price --rules my-rules.yaml --json
+    """
+    try:
+        settings = load_settings(period=period, source=source, input_dir=input_dir, rules_file=rules)
+        from tasks.extract import make_source
+        from tasks.price import preview
+
+        make_source(settings).check()
+        with _quiet_stdout(as_json, "Pricing…"):
+            result = preview(settings, settings.period or make_source(settings).default_period())
+    except UserFacingError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    table = Table(title=f"Charge lines {result['period']}")
+    for column in ("work log", "customer", "hours", "billed", "unit price", "amount", "why"):
+        table.add_column(column, overflow="fold")
+    for line in result["lines"]:
+        table.add_row(line["source_id"], line["customer"], line["quantity_raw"], line["quantity_billed"],
+                      format_money(line["unit_price_minor"], line["currency"]),
+                      format_money(line["amount_minor"], line["currency"]), line["explanation"])  # fmt: skip
+    out.print(table)
+    for draft in result["drafts"]:
+        money = {k: format_money(draft[k], draft["currency"]) for k in ("total_minor", "tax_minor", "gross_minor")}
+        out.print(f"{draft['customer']}: {draft['lines']} lines, {money['total_minor']} + tax {money['tax_minor']} = "
+                  f"{money['gross_minor']}")  # fmt: skip
+    out.print(f"{len(result['non_billable'])} non-billable, {len(result['quarantined'])} would be quarantined.")
+
+
 @app.command()
 def reconcile(
     period: Period = None,

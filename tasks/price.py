@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -14,7 +15,8 @@ from billing.ledger import Ledger, WorkState
 from billing.models import ChargeLine, InvoiceDraft, WorkBatch
 from billing.settings import Settings
 from rules.engine import explain, price, quantity
-from rules.schema import load_rules
+from rules.schema import RuleSet, load_rules
+from tasks.extract import make_source
 
 
 def price_work(settings: Settings, batch: WorkBatch, valid: pd.DataFrame) -> pd.DataFrame:
@@ -40,9 +42,16 @@ def price_work(settings: Settings, batch: WorkBatch, valid: pd.DataFrame) -> pd.
 
 def build_drafts(settings: Settings, batch: WorkBatch, lines: pd.DataFrame) -> list[InvoiceDraft]:
     """Group charge lines into drafts and make them the period's unposted drafts in the ledger."""
-    rules = load_rules(settings.rules_file)
     ledger = Ledger(settings.resolved_ledger_url)
-    posted = ledger.posted_versions(batch.period)
+    drafts = group_drafts(batch, lines, load_rules(settings.rules_file), ledger.posted_versions(batch.period))
+    ledger.save_drafts(batch.period, drafts, actor="draft")
+    return drafts
+
+
+def group_drafts(
+    batch: WorkBatch, lines: pd.DataFrame, rules: RuleSet, posted: dict[tuple[str, str, str], int]
+) -> list[InvoiceDraft]:
+    """One draft per customer × agreement × currency; ``posted`` versions make the next one supplementary."""
     customers = batch.customers_by_id
     drafts = []
     ordered = lines.sort_values(["customer_id", "currency", "started_at", "source_id"])
@@ -68,7 +77,6 @@ def build_drafts(settings: Settings, batch: WorkBatch, lines: pd.DataFrame) -> l
             money_rounding=rules.money_rounding(currency), tax_id=tax.id, tax_rate=tax.rate,
             tax_rounding=rules.taxes.rounding, tax_base=rules.taxes.base,
         ))  # fmt: skip
-    ledger.save_drafts(batch.period, drafts, actor="draft")
     return drafts
 
 
@@ -110,3 +118,38 @@ def _trace(row: dict[str, Any], rule_set: str, explanation: str) -> dict[str, An
 
 price_stage = task(price_work, name="price", cache_policy=NO_CACHE)
 draft = task(build_drafts, name="draft", cache_policy=NO_CACHE)
+
+
+def preview(settings: Settings, period: str, now: datetime | None = None) -> dict[str, Any]:
+    """Price a period without touching the ledger or the ERP: the charge lines and the draft totals.
+
+    The same plain functions as the flow, minus every write; rows that would be quarantined or settled as
+    non-billable are listed with their reasons."""
+    from rules.quality import validate_worklogs  # GX is slow to import: only when previewing
+
+    rules = load_rules(settings.rules_file)
+    batch = make_source(settings).extract(period)
+    usable = [c.customer_id for c in batch.customers if c.customer_id not in batch.customer_problems]
+    checked = validate_worklogs(batch.worklogs, batch.issues, usable, batch.customer_problems, list(rules.services),
+                                batch.tickets["ticket_id"].tolist(), now or datetime.now(UTC))  # fmt: skip
+    result = price(checked.valid, batch.customers, rules)
+    drafts = group_drafts(batch, result.lines, rules, posted={})
+    return {
+        "period": period,
+        "lines": [
+            {"source_id": line.source_id, "customer": line.customer_id, "quantity_raw": str(line.quantity_raw),
+             "quantity_billed": str(line.quantity_billed), "unit_price_minor": line.unit_price_minor,
+             "amount_minor": line.amount_minor, "currency": line.currency,
+             "explanation": line.trace["explanation"]}
+            for draft in drafts for line in draft.lines
+        ],
+        "drafts": [{"customer": d.customer_id, "currency": d.currency, "lines": len(d.lines),
+                    "total_minor": d.total_minor, "tax_minor": d.tax_minor, "gross_minor": d.gross_minor}
+                   for d in drafts],
+        "non_billable": [{"key": k, "rule": r} for k, r in zip(result.non_billable["key"],
+                                                                 result.non_billable["rule"], strict=True)],
+        "quarantined": [{"source_id": s, "reason": r} for s, r in zip(checked.quarantined["source_id"],
+                                                                        checked.quarantined["reason"], strict=True)]
+        + [{"source_id": k, "reason": r} for k, r in zip(result.unpriceable["key"], result.unpriceable["reason"],
+                                                          strict=True)],
+    }  # fmt: skip

@@ -190,3 +190,19 @@ def test_help_teaches_with_examples() -> None:
     assert result.returncode == 0
     assert "ticket-to-invoice run --period 2026-10" in result.stdout
     assert "--approve" in result.stdout and "--json" in result.stdout
+
+
+def test_price_previews_without_writing_anything(tmp_path: Path) -> None:
+    home = tmp_path / "var"
+    result = cli(home, "price", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    preview = json.loads(result.stdout)
+    assert not home.exists()  # no ledger, no ERP, no Prefect home
+    assert {"source_id", "customer", "quantity_raw", "quantity_billed", "unit_price_minor", "amount_minor",
+            "currency", "explanation"} <= preview["lines"][0].keys()  # fmt: skip
+    assert len(preview["lines"]) == 455 and len(preview["non_billable"]) == 40 and len(preview["quarantined"]) == 8
+    for draft in preview["drafts"]:
+        lines = [li for li in preview["lines"] if li["customer"] == draft["customer"]]
+        assert draft["total_minor"] == sum(li["amount_minor"] for li in lines)
+    first = preview["lines"][0]
+    assert first["explanation"].startswith(f"{first['quantity_billed']} h × ")
