@@ -224,6 +224,15 @@ def price_preview(
     out.print(f"{len(result['non_billable'])} non-billable, {len(result['quarantined'])} would be quarantined.")
 
 
+@app.command("rules-schema")
+def rules_schema() -> None:
+    """Print the JSON Schema of rule files (the same as rules/rules.schema.json), for editors:
+    put `# yaml-language-server: $schema=rules/rules.schema.json` on the first line of a rules file."""
+    from rules.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
 @app.command()
 def reconcile(
     period: Period = None,

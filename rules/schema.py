@@ -234,8 +234,7 @@ def _describe(error: Any) -> tuple[tuple[Any, ...], str]:
     return loc, message
 
 
-def load_rules(path: Path | str) -> RuleSet:
-    path = Path(path)
+def _read_yaml(path: Path) -> tuple[dict[str, Any], yaml.Node]:
     if not path.exists():
         raise InputError(path, "rules file not found", hint="pass --rules FILE (see rules/examples/)")
     try:
@@ -251,18 +250,77 @@ def load_rules(path: Path | str) -> RuleSet:
         ) from None
     if not isinstance(data, dict):
         raise InputError(path, "expected a mapping at the top (name:, services:, ...)")
+    return data, node
+
+
+def merge(base: Any, override: Any) -> Any:
+    """A rule file on top of its base: mappings merge key by key, lists are appended, other values replace."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{k: merge(base[k], v) if k in base else v for k, v in override.items()}}
+    if isinstance(base, list) and isinstance(override, list):
+        return base + override
+    return override
+
+
+def _load_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any], yaml.Node]]:
+    """The file and the bases it ``extends`` (a path relative to it), base first."""
+    if path.resolve() in seen:
+        raise InputError(path, "extends itself (a cycle through " + " → ".join(p.name for p in seen) + ")")
+    data, node = _read_yaml(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return [(path, data, node)]
+    if not isinstance(base, str):
+        raise InputError(path, "extends must be the path of a base rules file", line=_line_of(node, ("extends",)),
+                         field="extends")  # fmt: skip
+    return [*_load_layers((path.parent / base), (*seen, path.resolve())), (path, data, node)]
+
+
+def load_rules(path: Path | str) -> RuleSet:
+    """A rule set from YAML, with the bases it ``extends`` merged underneath; errors name file, line and path."""
+    layers = _load_layers(Path(path))
+    data: dict[str, Any] = {}
+    for _, layer, _ in layers:
+        data = merge(data, layer)
     try:
         return RuleSet.model_validate(data)
     except ValidationError as exc:
         # A typo'd key explains the "required" error it causes: report unknown keys first.
         errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         described = [_describe(e) for e in errors]
+
+        def where(loc: tuple[Any, ...]) -> tuple[Path, int | None]:
+            """The file that says it: the most specific layer whose YAML has the path."""
+            for file, layer, node in reversed(layers):
+                if loc and _has(layer, loc):
+                    return file, _line_of(node, loc)
+            return layers[-1][0], _line_of(layers[-1][2], loc)
+
         loc, message = described[0]
-        others = [
-            f"{'.'.join(map(str, lo)) or '(top)'} (line {_line_of(node, lo)}): {msg}" for lo, msg in described[1:5]
-        ]
+        others = []
+        for lo, msg in described[1:5]:
+            file, line = where(lo)
+            others.append(f"{'.'.join(map(str, lo)) or '(top)'} ({file.name} line {line}): {msg}")
         if others:
             message += "; also " + "; ".join(others)
         if len(described) > 5:
             message += f"; and {len(described) - 5} more"
-        raise InputError(path, message, line=_line_of(node, loc), field=".".join(map(str, loc)) or "(top)") from None
+        file, line = where(loc)
+        raise InputError(file, message, line=line, field=".".join(map(str, loc)) or "(top)") from None
+
+
+def _has(data: Any, loc: tuple[Any, ...]) -> bool:
+    for part in loc:
+        in_mapping = isinstance(data, dict) and part in data
+        in_list = isinstance(data, list) and isinstance(part, int) and part < len(data)
+        if not (in_mapping or in_list):
+            return False
+        data = data[part]
+    return True
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of rule files, for editors (yaml-language-server) and reviews."""
+    schema = RuleSet.model_json_schema()
+    schema["properties"]["extends"] = {"type": "string", "description": "path of a base rules file to build on"}
+    return schema

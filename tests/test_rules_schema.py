@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from billing.errors import InputError
 from billing.money import Rounding
-from rules.schema import BusinessHours, RuleSet, load_rules
+from rules.schema import BusinessHours, RuleSet, json_schema, load_rules
 
 ROOT = Path(__file__).parents[1]
 DEMO = ROOT / "rules" / "examples" / "demo.yaml"
@@ -246,8 +247,8 @@ def test_several_problems_are_counted(tmp_path: Path) -> None:
     error = _load_error(_write(tmp_path, text))
     assert error.field == "services.consulting.rates"
     assert error.problem == (
-        f"rate for EUR is negative; also approval.timeout_seconds (line {_line_of(text, 'timeout_seconds')}): "
-        "Input should be greater than or equal to 1"
+        "rate for EUR is negative; also approval.timeout_seconds "
+        f"(rules.yaml line {_line_of(text, 'timeout_seconds')}): Input should be greater than or equal to 1"
     )
 
 
@@ -302,3 +303,38 @@ def test_customer_rate_for_an_unknown_service_gives_its_line(tmp_path: Path) -> 
     error = _load_error(_write(tmp_path, text))
     assert error.line == _line_of(text, "onsite_suport")
     assert error.field is not None and error.field.startswith("customer_rates.1")
+
+
+def test_a_customer_file_extends_a_shared_base(tmp_path: Path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text(DEMO.read_text(), encoding="utf-8")
+    acme = tmp_path / "customers" / "acme.yaml"
+    acme.parent.mkdir()
+    acme.write_text(
+        "extends: ../base.yaml\nname: acme\n"
+        "customer_rates:\n  - {customer: ACME, service: consulting, rate: '140.00'}\n"
+        "services:\n  consulting: {name: Consulting, rates: {EUR: '160.00', USD: '175.00'}}\n",
+        encoding="utf-8",
+    )
+    rules = load_rules(acme)
+    assert rules.name == "acme"  # the customer's file wins where both speak
+    assert [(r.customer, r.service) for r in rules.customer_rates][-1] == ("ACME", "consulting")  # lists append
+    assert len(rules.customer_rates) == len(load_rules(DEMO).customer_rates) + 1
+    assert rules.services["consulting"].rates["EUR"] == Decimal("160.00")
+    assert rules.services["remote_support"].rates["EUR"] == Decimal("95.00")  # from the base
+
+
+def test_an_error_names_the_file_of_the_layer_that_says_it(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(DEMO.read_text(), encoding="utf-8")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\nname: child\nrounding:\n  increment_minutes: 0\n", encoding="utf-8")
+    error = _load_error(child)
+    assert (error.path, error.line, error.field) == (child, 4, "rounding.increment_minutes")
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\nname: x\n", encoding="utf-8")
+    assert "extends itself" in _load_error(loop).problem
+
+
+def test_the_committed_json_schema_is_current() -> None:
+    committed = json.loads((DEMO.parent.parent / "rules.schema.json").read_text())
+    assert committed == json_schema()
