@@ -124,6 +124,66 @@ def non_billable_rule(
     return rule, names
 
 
+def _apply_rates(frame: pd.DataFrame, rules: RuleSet) -> np.ndarray:
+    """Override the table rates with the general ``rates:`` (precedence levels, effective dates).
+
+    Level by level, least specific first, a backward ``merge_asof`` on the day of the work finds the rate in
+    force (the latest ``from`` on or before it) for each row's keys; a match at a higher level wins.
+    Returns a boolean array: the rows billed at a fixed amount."""
+    fixed = np.zeros(len(frame), dtype=bool)
+    if not rules.rates or frame.empty:
+        return fixed
+    day = frame["local_date"].to_numpy().astype("datetime64[ns]")
+    work = pd.DataFrame({"row": np.arange(len(frame)), "day": day, "customer_id": frame["customer_id"].to_numpy(),
+                         "service_type": frame["service_type"].astype(str).to_numpy(),
+                         "currency": frame["currency"].astype(str).to_numpy(),
+                         "role": frame["user"].map(rules.roles).to_numpy(dtype=object)})  # fmt: skip
+    agreement = np.full(len(frame), None, dtype=object)
+    for spec in rules.agreements:  # the customer's agreement running on the day (the first that matches)
+        running = (work["customer_id"].to_numpy() == spec.customer) & (agreement == None)  # noqa: E711
+        if spec.starts:
+            running &= day >= np.datetime64(spec.starts, "ns")
+        if spec.ends:
+            running &= day <= np.datetime64(spec.ends, "ns")
+        agreement[running] = spec.id
+    work["agreement_id"] = agreement
+    customer_currency = dict(zip(work["customer_id"], work["currency"], strict=False))
+    keys_of_level = {0: ["service_type", "currency"], 1: ["customer_id", "service_type", "currency"],
+                     2: ["agreement_id", "service_type", "currency"],
+                     3: ["agreement_id", "role", "service_type", "currency"]}  # fmt: skip
+    rate = frame["rate_minor"].to_numpy().copy()
+    source = frame["rate_source"].astype(str).to_numpy(dtype=object)
+    currencies = sorted(set(work["currency"]))
+    for level, keys in keys_of_level.items():
+        rows = []
+        for number, spec in enumerate(rules.rates):
+            if spec.level != level:
+                continue
+            for currency in [spec.currency] if spec.currency else currencies:
+                if spec.customer and customer_currency.get(spec.customer, currency) != currency:
+                    continue
+                rows.append({"service_type": spec.service, "customer_id": spec.customer, "agreement_id": spec.agreement,
+                             "role": spec.role, "currency": currency,
+                             "from": np.datetime64(spec.effective_from or "1900-01-01", "ns"),
+                             "rate_minor": to_minor(spec.rate, currency), "kind": spec.kind,
+                             "name": f"rates[{number}]"})  # fmt: skip
+        if not rows:
+            continue
+        table = pd.DataFrame(rows).sort_values("from")
+        table[keys] = table[keys].astype(object)  # merge keys of one type on both sides
+        left = work.dropna(subset=keys).sort_values("day")
+        left[keys] = left[keys].astype(object)
+        found = pd.merge_asof(left, table[["from", *keys, "rate_minor", "kind", "name"]], left_on="day",
+                              right_on="from", by=keys, direction="backward").dropna(subset=["rate_minor"])  # fmt: skip
+        hit = found["row"].to_numpy()
+        rate[hit] = found["rate_minor"].to_numpy(dtype="int64")
+        source[hit] = found["name"].to_numpy()
+        fixed[hit] = (found["kind"] == "fixed").to_numpy()
+    frame["rate_minor"] = rate
+    frame["rate_source"] = pd.Categorical(source)
+    return fixed
+
+
 MODIFIERS = ["", "after_hours", "weekend"]
 # What a charge line keeps of its work log (the rest stays in the ledger).
 CARRIED_COLUMNS = ("key", "source_id", "ticket_id", "customer_id", "user", "service_type", "started_at",
@@ -184,11 +244,17 @@ def price(worklogs: pd.DataFrame, customers: list[Customer], rules: RuleSet) -> 
         bp = int(weekend.multiplier * BASIS)
         hit = (weekday >= 5) & (bp > multiplier)
         multiplier[hit], modifier[hit] = bp, MODIFIERS.index("weekend")
+    fixed = _apply_rates(frame, rules)
+    rate = frame["rate_minor"].to_numpy()
+    multiplier[fixed], modifier[fixed] = BASIS, 0  # a fixed amount is what was agreed, whenever the work
     frame["multiplier_bp"] = multiplier
     frame["modifier"] = pd.Categorical.from_codes(modifier, categories=MODIFIERS)
+    frame["rate_kind"] = pd.Categorical.from_codes(fixed.astype("int8"), categories=["hourly", "fixed"])
 
     billed = _round_time(frame["raw_seconds"].to_numpy(dtype="int64"), rules)
     quantity_centi = div_round(billed * CENTI_HOURS, 3600, Rounding.HALF_UP)
+    quantity_centi[fixed] = CENTI_HOURS  # one unit of the fixed price
+    billed[fixed] = frame["raw_seconds"].to_numpy(dtype="int64")[fixed]
     unit = np.zeros(len(frame), dtype="int64")
     amount = np.zeros(len(frame), dtype="int64")
     modes = [rules.money_rounding(c) for c in currencies]
@@ -217,6 +283,11 @@ def explain(line: dict[str, object], service_name: str, rules: RuleSet) -> str:
     """One sentence an approver can check by hand."""
     cur = str(line["currency"])
     policy = rules.rounding
+    if line.get("rate_kind") == "fixed":
+        return (
+            f"fixed {format_money(int(line['unit_price_minor']), cur)} per work log from {line['rate_source']} "
+            f"({int(line['raw_seconds']) // 60} min worked)"
+        )
     parts = [
         f"{quantity(int(line['quantity_centi']))} h × {format_money(int(line['unit_price_minor']), cur)}",
         f"{service_name} at {format_money(int(line['rate_minor']), cur)}/h from {line['rate_source']}",

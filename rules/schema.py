@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -64,6 +65,38 @@ class CustomerRate(Strict):
     customer: str
     service: str
     rate: Decimal = Field(ge=0)
+
+
+class AgreementSpec(Strict):
+    """A contract with a customer; work done while it runs is billed under it."""
+
+    id: str
+    customer: str
+    starts: date | None = None
+    ends: date | None = None
+
+
+class Rate(Strict):
+    """A rate in its general form. Precedence, most specific first: agreement + service + role >
+    agreement + service > customer + service > service default. Within one level the latest ``from`` on
+    or before the day of the work applies (a rate change takes effect from its date)."""
+
+    service: str
+    customer: str | None = None
+    agreement: str | None = None
+    role: str | None = None
+    currency: Currency | None = Field(None, description="for a service default; otherwise the customer's")
+    rate: Decimal = Field(ge=0)
+    effective_from: date | None = Field(None, alias="from")
+    kind: Literal["hourly", "fixed"] = Field("hourly", description="fixed: the rate is the amount of a work log")
+
+    @property
+    def level(self) -> int:
+        if self.agreement and self.role:
+            return 3
+        if self.agreement:
+            return 2
+        return 1 if self.customer else 0
 
 
 class BusinessHours(Strict):
@@ -173,6 +206,9 @@ class RuleSet(Strict):
     rounding: TimeRounding = TimeRounding()
     services: dict[str, Service]
     customer_rates: list[CustomerRate] = Field(default_factory=list)
+    rates: list[Rate] = Field(default_factory=list, description="rates with precedence and effective dates")
+    agreements: list[AgreementSpec] = Field(default_factory=list)
+    roles: dict[str, str] = Field(default_factory=dict, description="user → role, for role rates")
     modifiers: Modifiers = Modifiers()
     non_billable: list[NonBillableRule] = Field(default_factory=list)
     taxes: Taxes = Taxes()
@@ -189,6 +225,16 @@ class RuleSet(Strict):
                     f"customer_rates.{number}.service: unknown service {rate.service!r} "
                     f"(known: {', '.join(sorted(self.services))})"
                 )
+        agreements = {a.id for a in self.agreements}
+        for number, rate in enumerate(self.rates):
+            if rate.service not in self.services:
+                raise ValueError(f"rates.{number}.service: unknown service {rate.service!r}")
+            if rate.agreement and rate.agreement not in agreements:
+                raise ValueError(f"rates.{number}.agreement: unknown agreement {rate.agreement!r}")
+            if rate.role and not rate.agreement:
+                raise ValueError(f"rates.{number}.role: a role rate belongs to an agreement")
+            if rate.level == 0 and rate.currency is None:
+                raise ValueError(f"rates.{number}.currency: a service default needs its currency")
         return self
 
     def money_rounding(self, currency: str) -> Rounding:

@@ -107,6 +107,7 @@ def _trace(row: dict[str, Any], rule_set: str, explanation: str) -> dict[str, An
         "rules": rule_set,
         "rate_minor": int(row["rate_minor"]),
         "rate_source": row["rate_source"],
+        "rate_kind": row.get("rate_kind", "hourly"),
         "modifier": row["modifier"] or None,
         "multiplier_bp": int(row["multiplier_bp"]),
         "raw_seconds": int(row["raw_seconds"]),

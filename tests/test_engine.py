@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 from hypothesis import given, settings
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from billing.models import Customer
 from billing.money import Rounding
-from rules.engine import price
+from rules.engine import explain, price
 from rules.schema import RuleSet, load_rules
 from tests.conftest import DEMO_RULES
 
@@ -157,3 +158,66 @@ def test_every_line_checks_by_hand_and_pricing_is_deterministic(rows: list[Any])
             Decimal(1), rounding=mode.decimal_mode
         )
         assert row["billed_seconds"] >= row["raw_seconds"] and row["billed_seconds"] % 900 == 0
+
+
+def with_rates(**extra: Any) -> RuleSet:
+    data = yaml.safe_load(DEMO_RULES.read_text())
+    data["agreements"] = [{"id": "ACME-MSA", "customer": "ACME", "starts": "2026-10-01"}]
+    data["roles"] = {"senior": "senior-engineer"}
+    data["rates"] = [
+        {"service": "remote_support", "agreement": "ACME-MSA", "rate": "100.00"},
+        {"service": "remote_support", "agreement": "ACME-MSA", "role": "senior-engineer", "rate": "130.00"},
+        {"service": "remote_support", "agreement": "ACME-MSA", "rate": "110.00", "from": "2026-10-15"},
+        {"service": "consulting", "customer": "GLOBEX", "rate": "400.00", "kind": "fixed"},
+    ]
+    data.update(extra)
+    return RuleSet.model_validate(data)
+
+
+def test_the_most_specific_rate_in_force_on_the_day_wins() -> None:
+    frame = worklogs(
+        ("ACME", "remote_support", "2026-10-07T08:00Z", 60),  # agreement rate before the change
+        ("ACME", "remote_support", "2026-10-20T08:00Z", 60),  # agreement rate after the change
+        ("ACME", "remote_support", "2026-10-20T09:00Z", 60),  # a senior engineer: the role rate
+        ("ACME", "remote_support", "2026-09-29T08:00Z", 60),  # before the agreement: customer rate
+        ("GLOBEX", "remote_support", "2026-10-07T08:00Z", 60),
+    )  # no agreement: service default
+    frame.loc[2, "user"] = "senior"
+    result = price(frame, CUSTOMERS, with_rates())
+    got = result.lines.set_index("source_id")
+    assert got["unit_price_minor"].to_dict() == {"WL-1": 10000, "WL-2": 11000, "WL-3": 13000, "WL-4": 8950,
+                                                 "WL-5": 9500}  # fmt: skip
+    assert got["rate_source"].astype(str).to_dict() == {"WL-1": "rates[0]", "WL-2": "rates[2]", "WL-3": "rates[1]",
+                                                        "WL-4": "customer_rates[0]",
+                                                        "WL-5": "services.remote_support.rates.EUR"}  # fmt: skip
+
+
+def test_a_fixed_rate_is_the_amount_of_the_work_log_whatever_the_time() -> None:
+    # GLOBEX consulting is a fixed 400.00 per work log, even for 20 minutes on a Saturday night.
+    result = price(worklogs(("GLOBEX", "consulting", "2026-10-10T21:00Z", 20)), CUSTOMERS, with_rates())
+    line = result.lines.iloc[0]
+    assert (line["quantity_centi"], line["unit_price_minor"], line["amount_minor"], line["modifier"]) == (
+        100,
+        40000,
+        40000,
+        "",
+    )
+    assert explain(line.to_dict(), "Consulting", with_rates()).startswith("fixed 400.00 EUR per work log from rates[3]")
+
+
+def test_the_agreements_example_prices_the_sample() -> None:
+    from connectors.filedrop import FileDropSource
+    from tests.conftest import SAMPLE
+
+    rules = load_rules(DEMO_RULES.with_name("agreements.yaml"))
+    batch = FileDropSource(SAMPLE).extract()
+    valid = batch.worklogs[batch.worklogs["service_type"].isin(list(rules.services))
+                           & batch.worklogs["customer_id"].isin(list(batch.customers_by_id))
+                           & batch.worklogs["raw_seconds"].gt(0)]  # fmt: skip
+    lines = price(valid, batch.customers, rules).lines
+    acme = lines[(lines["customer_id"] == "ACME") & (lines["service_type"] == "remote_support")]
+    assert set(acme["rate_source"].astype(str)) == {"rates[0]", "rates[1]", "rates[2]"}
+    after_rise = acme[(acme["local_date"] >= np.datetime64("2026-10-15")) & (acme["rate_source"] != "rates[2]")]
+    assert set(after_rise["rate_minor"]) == {9600}
+    flat = lines[(lines["customer_id"] == "GLOBEX") & (lines["service_type"] == "onsite_support")]
+    assert len(flat) and set(flat["amount_minor"]) == {25000}
