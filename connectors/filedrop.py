@@ -335,9 +335,10 @@ class FileDropSource:
             "object_type": "worklog",
             "source_id": frame["worklog_id"],
             "ticket_id": frame["ticket_id"].replace("", None),
-            "customer_id": frame["customer_id"].replace("", None),
+            # Few distinct values in many rows: categoricals factorize for free downstream.
+            "customer_id": frame["customer_id"].replace("", None).astype("category"),
             "user": frame["user"].replace("", None),
-            "service_type": frame["service_type"].replace("", None),
+            "service_type": frame["service_type"].replace("", None).astype("category"),
             "started_at": started,
             # Whole seconds; durations are not money, and minutes → seconds is exact for real inputs.
             "raw_seconds": np.rint(minutes * 60).astype("Int64"),

@@ -198,8 +198,9 @@ class RedmineSource:
         worklogs = pd.DataFrame({
             "key": f"{SYSTEM}:{self.instance}:time_entry:" + frame["source_id"],
             "source_system": SYSTEM, "instance": self.instance, "object_type": "time_entry",
-            "source_id": frame["source_id"], "ticket_id": frame["ticket_id"], "customer_id": frame["customer_id"],
-            "user": frame["user"], "service_type": frame["service_type"], "started_at": started,
+            "source_id": frame["source_id"], "ticket_id": frame["ticket_id"],
+            "customer_id": frame["customer_id"].astype("category"), "user": frame["user"],
+            "service_type": frame["service_type"].astype("category"), "started_at": started,
             "raw_seconds": np.rint(frame["hours"].astype("float64") * 3600).astype("Int64"),
             "billable": frame["billable"].astype(bool), "note": frame["note"], "period": period,
             "source_file": "time_entries", "source_row": frame["source_id"],

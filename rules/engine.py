@@ -184,15 +184,39 @@ def _apply_rates(frame: pd.DataFrame, rules: RuleSet) -> np.ndarray:
     return fixed
 
 
-MODIFIERS = ["", "after_hours", "weekend"]
+MODIFIERS = ["", "after_hours", "weekend", "holiday", "priority"]
+TICKET_FIELDS = {"priority": "ticket_priority", "status": "ticket_status", "ticket_type": "ticket_type"}
+
+
+def _with_ticket_fields(worklogs: pd.DataFrame, tickets: pd.DataFrame | None, rules: RuleSet) -> pd.DataFrame:
+    """Add the ticket's priority, status and type to each work log, only when a rule asks for them."""
+    needed = bool(rules.modifiers.priority) or any(
+        c in ("ticket_status", "ticket_type") for spec in rules.non_billable for c in spec.when
+    )
+    if not needed:
+        return worklogs
+    worklogs = worklogs.copy()
+    known = tickets is not None and len(tickets) > 0
+    index = pd.Index(tickets["ticket_id"]) if known else pd.Index([])  # type: ignore[index]
+    position = index.get_indexer(worklogs["ticket_id"])
+    for column, name in TICKET_FIELDS.items():
+        values = tickets[column].to_numpy(dtype=object) if known and column in tickets else np.array([], object)  # type: ignore[index]
+        worklogs[name] = np.where(position >= 0, np.append(values, None)[position], None) if len(values) else None
+    return worklogs
+
+
 # What a charge line keeps of its work log (the rest stays in the ledger).
 CARRIED_COLUMNS = ("key", "source_id", "ticket_id", "customer_id", "user", "service_type", "started_at",
-                   "raw_seconds", "note")  # fmt: skip
+                   "raw_seconds", "note", "ticket_priority")  # fmt: skip
 
 
-def price(worklogs: pd.DataFrame, customers: list[Customer], rules: RuleSet) -> PricingResult:
+def price(
+    worklogs: pd.DataFrame, customers: list[Customer], rules: RuleSet, tickets: pd.DataFrame | None = None
+) -> PricingResult:
     """Price whole columns: factorize customers and services once, then index small lookup tables.
-    Text columns of the result are categoricals built from codes: no per-row Python objects."""
+    Text columns of the result are categoricals built from codes: no per-row Python objects.
+    ``tickets`` (ticket_id, priority, status, ticket_type) feed priority surcharges and ticket conditions."""
+    worklogs = _with_ticket_fields(worklogs, tickets, rules)
     customer_codes, customer_ids = pd.factorize(worklogs["customer_id"])
     service_codes, service_ids = pd.factorize(worklogs["service_type"])
     by_id = {c.customer_id: c for c in customers}
@@ -244,6 +268,21 @@ def price(worklogs: pd.DataFrame, customers: list[Customer], rules: RuleSet) -> 
         bp = int(weekend.multiplier * BASIS)
         hit = (weekday >= 5) & (bp > multiplier)
         multiplier[hit], modifier[hit] = bp, MODIFIERS.index("weekend")
+    holidays = rules.modifiers.holidays
+    if holidays is not None and holidays.calendars:
+        country_of = np.array([c.country if c else None for c in known] + [None], dtype=object)[codes]
+        bp = int(holidays.multiplier * BASIS)
+        on_holiday = np.zeros(len(frame), dtype=bool)
+        for country, days in holidays.calendars.items():
+            on_holiday |= (country_of == country) & np.isin(day, np.array(days, dtype="datetime64[D]"))
+        hit = on_holiday & (bp > multiplier)
+        multiplier[hit], modifier[hit] = bp, MODIFIERS.index("holiday")
+    if rules.modifiers.priority:
+        priority = frame["ticket_priority"].to_numpy(dtype=object)
+        for name, factor in rules.modifiers.priority.items():
+            bp = int(factor * BASIS)
+            hit = (priority == name) & (bp > multiplier)
+            multiplier[hit], modifier[hit] = bp, MODIFIERS.index("priority")
     fixed = _apply_rates(frame, rules)
     rate = frame["rate_minor"].to_numpy()
     multiplier[fixed], modifier[fixed] = BASIS, 0  # a fixed amount is what was agreed, whenever the work

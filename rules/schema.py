@@ -123,17 +123,34 @@ class AfterHours(Multiplier):
     business_hours: BusinessHours = BusinessHours()
 
 
+class Holidays(Multiplier):
+    """Public holidays per country (ISO 3166); work on one of them, in the customer's country, is surcharged."""
+
+    calendars: dict[str, list[date]] = Field(default_factory=dict)
+
+
 class Modifiers(Strict):
-    """Surcharges by when the work was done, in the customer's timezone. The highest one applies."""
+    """Surcharges by when the work was done (in the customer's timezone) and by the ticket's priority.
+    The highest one applies; they never compound."""
 
     after_hours: AfterHours | None = None
     weekend: Multiplier | None = None
+    holidays: Holidays | None = None
+    priority: dict[str, Decimal] = Field(default_factory=dict, description="ticket priority → multiplier")
+
+    @field_validator("priority")
+    @classmethod
+    def _positive(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        for name, multiplier in value.items():
+            if not 0 < multiplier <= 10:
+                raise ValueError(f"multiplier for priority {name!r} must be above 0 and at most 10")
+        return value
 
 
 class NonBillableRule(Strict):
     id: str
     description: str = ""
-    when: dict[Literal["billable", "service_type"], bool | str | list[str]]
+    when: dict[Literal["billable", "service_type", "ticket_status", "ticket_type"], bool | str | list[str]]
 
 
 class TaxRate(Strict):

@@ -22,7 +22,7 @@ from tasks.extract import make_source
 def price_work(settings: Settings, batch: WorkBatch, valid: pd.DataFrame) -> pd.DataFrame:
     """Charge lines for the valid work logs; non-billable and unpriceable ones are settled in the ledger."""
     rules = load_rules(settings.rules_file)
-    result = price(valid, batch.customers, rules)
+    result = price(valid, batch.customers, rules, batch.tickets)
     ledger = Ledger(settings.resolved_ledger_url)
     ledger.set_state(
         result.non_billable["key"].tolist(),
@@ -133,7 +133,7 @@ def preview(settings: Settings, period: str, now: datetime | None = None) -> dic
     usable = [c.customer_id for c in batch.customers if c.customer_id not in batch.customer_problems]
     checked = validate_worklogs(batch.worklogs, batch.issues, usable, batch.customer_problems, list(rules.services),
                                 batch.tickets["ticket_id"].tolist(), now or datetime.now(UTC))  # fmt: skip
-    result = price(checked.valid, batch.customers, rules)
+    result = price(checked.valid, batch.customers, rules, batch.tickets)
     drafts = group_drafts(batch, result.lines, rules, posted={})
     return {
         "period": period,

@@ -221,3 +221,44 @@ def test_the_agreements_example_prices_the_sample() -> None:
     assert set(after_rise["rate_minor"]) == {9600}
     flat = lines[(lines["customer_id"] == "GLOBEX") & (lines["service_type"] == "onsite_support")]
     assert len(flat) and set(flat["amount_minor"]) == {25000}
+
+
+def test_holidays_in_the_customers_country_and_ticket_priority_surcharge_without_compounding() -> None:
+    customers = [CUSTOMERS[0].model_copy(update={"country": "DE"}), CUSTOMERS[1].model_copy(update={"country": "NL"})]
+    rules = rules_with(modifiers={"weekend": {"multiplier": "2.0"},
+                                  "holidays": {"multiplier": "1.75", "calendars": {"DE": ["2026-10-07"]}},
+                                  "priority": {"urgent": "1.5", "high": "1.25"}})  # fmt: skip
+    frame = worklogs(
+        ("ACME", "remote_support", "2026-10-07T08:00Z", 60),  # German holiday: ×1.75
+        ("GLOBEX", "remote_support", "2026-10-07T08:00Z", 60),  # not a Dutch one: ×1
+        ("GLOBEX", "remote_support", "2026-10-08T08:00Z", 60),  # an urgent ticket: ×1.5
+        ("GLOBEX", "remote_support", "2026-10-10T08:00Z", 60),
+    )  # urgent on a Saturday: ×2, not ×3
+    frame["ticket_id"] = [None, None, "T-1", "T-1"]
+    tickets = pd.DataFrame({"ticket_id": ["T-1"], "priority": ["urgent"], "status": ["closed"],
+                            "ticket_type": ["incident"]})  # fmt: skip
+    got = price(frame, customers, rules, tickets).lines.set_index("source_id")
+    # 89.50 × 1.75 = 156.625 → 156.62 half-even; 95.00 × 1.5 = 142.50; 95.00 × 2 = 190.00
+    assert got["unit_price_minor"].to_dict() == {"WL-1": 15662, "WL-2": 9500, "WL-3": 14250, "WL-4": 19000}
+    assert got["modifier"].astype(str).to_dict() == {"WL-1": "holiday", "WL-2": "", "WL-3": "priority",
+                                                     "WL-4": "weekend"}  # fmt: skip
+
+
+def test_non_billable_by_ticket_type_and_status() -> None:
+    rules = rules_with(
+        non_billable=[
+            {"id": "warranty", "when": {"ticket_type": "warranty"}},
+            {"id": "not-resolved", "when": {"ticket_status": ["new", "in_progress"]}},
+        ]
+    )
+    frame = worklogs(*[("GLOBEX", "remote_support", "2026-10-07T08:00Z", 30)] * 3)
+    frame["ticket_id"] = ["T-1", "T-2", "T-3"]
+    tickets = pd.DataFrame({"ticket_id": ["T-1", "T-2", "T-3"], "priority": ["normal"] * 3,
+                            "status": ["closed", "in_progress", "resolved"],
+                            "ticket_type": ["warranty", "incident", "incident"]})  # fmt: skip
+    result = price(frame, CUSTOMERS, rules, tickets)
+    assert dict(zip(result.non_billable["key"], result.non_billable["rule"], strict=True)) == {
+        "t:1": "warranty",
+        "t:2": "not-resolved",
+    }
+    assert result.lines["source_id"].tolist() == ["WL-3"]

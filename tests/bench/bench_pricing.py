@@ -39,9 +39,10 @@ def generate(seed: int = 7) -> tuple[pd.DataFrame, list[Customer], RuleSet]:
         "key": [f"bench:{n}" for n in range(ROWS)],
         "source_id": [f"WL-{n}" for n in range(ROWS)],
         "ticket_id": None,
-        "customer_id": np.array([c.customer_id for c in customers])[rng.integers(0, CUSTOMERS, ROWS)],
+        # categorical, as the sources hand them over
+        "customer_id": pd.Categorical(np.array([c.customer_id for c in customers])[rng.integers(0, CUSTOMERS, ROWS)]),
         "user": "u",
-        "service_type": np.array(SERVICES)[rng.choice(5, ROWS, p=[0.6, 0.1, 0.1, 0.15, 0.05])],
+        "service_type": pd.Categorical(np.array(SERVICES)[rng.choice(5, ROWS, p=[0.6, 0.1, 0.1, 0.15, 0.05])]),
         "started_at": pd.to_datetime(start + rng.integers(0, 30 * 86400 // 300, ROWS) * 300, unit="s", utc=True),
         "raw_seconds": pd.array(rng.integers(1, 240, ROWS) * 60 + rng.integers(0, 60, ROWS), dtype="Int64"),
         "billable": rng.random(ROWS) > 0.08,
