@@ -67,6 +67,33 @@ class CustomerRate(Strict):
     rate: Decimal = Field(ge=0)
 
 
+class Tier(Strict):
+    up_to: Decimal | None = Field(None, gt=0, description="upper bound of the tier in units; none: no bound")
+    unit_price: dict[Currency, Decimal]
+
+
+class UsagePricing(Strict):
+    """Usage records (GB stored, seats, API calls ...) priced per period and customer.
+
+    ``graduated``: each tier's units at that tier's price (a line per tier used); ``volume``: all units at
+    the price of the tier the total falls in. ``minimum_commitment``: a top-up line when usage costs less."""
+
+    name: str
+    mode: Literal["graduated", "volume"] = "graduated"
+    tiers: list[Tier] = Field(min_length=1)
+    minimum_commitment: dict[Currency, Decimal] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _ascending(self) -> UsagePricing:
+        bounds = [t.up_to for t in self.tiers]
+        if any(b is None for b in bounds[:-1]):
+            raise ValueError("only the last tier may be unbounded")
+        finite = [b for b in bounds if b is not None]
+        if finite != sorted(finite) or len(set(finite)) != len(finite):
+            raise ValueError("tier bounds must ascend")
+        return self
+
+
 class AgreementSpec(Strict):
     """A contract with a customer; work done while it runs is billed under it."""
 
@@ -225,6 +252,7 @@ class RuleSet(Strict):
     customer_rates: list[CustomerRate] = Field(default_factory=list)
     rates: list[Rate] = Field(default_factory=list, description="rates with precedence and effective dates")
     agreements: list[AgreementSpec] = Field(default_factory=list)
+    usage: dict[str, UsagePricing] = Field(default_factory=dict, description="metric → pricing")
     roles: dict[str, str] = Field(default_factory=dict, description="user → role, for role rates")
     modifiers: Modifiers = Modifiers()
     non_billable: list[NonBillableRule] = Field(default_factory=list)
