@@ -150,7 +150,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         ("tax", "right"),
         ("total", "right"),
     ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(column, justify=justify, no_wrap=column in ("invoice", "status"))  # type: ignore[arg-type]
     for inv in summary["invoices"]:
         table.add_row(
             inv["erp_number"] or "—",
