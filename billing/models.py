@@ -244,6 +244,17 @@ WORKLOG_COLUMNS: tuple[str, ...] = (
     "service_type", "started_at", "raw_seconds", "billable", "note", "period", "content_hash",
     "source_file", "source_row",
 )  # fmt: skip
+# What a work log's content is, for "changed since it was billed": everything but where it was read from.
+HASHED_COLUMNS: tuple[str, ...] = ("source_id", "ticket_id", "customer_id", "user", "service_type", "started_at",
+                                   "raw_seconds", "billable", "note")  # fmt: skip
+
+
+def content_hash(worklogs: pd.DataFrame) -> pd.Series:
+    """A 64-bit hash (hex) of each work log's content, by column."""
+    text = worklogs[list(HASHED_COLUMNS)].astype(str)
+    return pd.util.hash_pandas_object(text, index=False).map("{:016x}".format)
+
+
 # Row-level problems found while reading (a value that is not a number, a date that is no date ...).
 ISSUE_COLUMNS: tuple[str, ...] = ("key", "source_file", "source_row", "field", "value", "problem")
 

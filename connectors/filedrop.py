@@ -22,7 +22,15 @@ import pandas as pd
 from pydantic import ValidationError
 
 from billing.errors import ConfigurationError, InputError
-from billing.models import ISSUE_COLUMNS, PERIOD_RE, WORKLOG_COLUMNS, Customer, WorkBatch, previous_month
+from billing.models import (
+    ISSUE_COLUMNS,
+    PERIOD_RE,
+    WORKLOG_COLUMNS,
+    Customer,
+    WorkBatch,
+    content_hash,
+    previous_month,
+)
 
 SYSTEM = "files"
 
@@ -348,20 +356,7 @@ class FileDropSource:
             "source_file": path.name,
             "source_row": frame["source_row"],
         })  # fmt: skip
-        hashed = worklogs[
-            [
-                "source_id",
-                "ticket_id",
-                "customer_id",
-                "user",
-                "service_type",
-                "started_at",
-                "raw_seconds",
-                "billable",
-                "note",
-            ]
-        ].astype(str)
-        worklogs["content_hash"] = pd.util.hash_pandas_object(hashed, index=False).map("{:016x}".format)
+        worklogs["content_hash"] = content_hash(worklogs)
         worklogs = worklogs[list(WORKLOG_COLUMNS)].reset_index(drop=True)
         issues = pd.concat(problems, ignore_index=True)
         issues = issues[issues["key"].isin(worklogs["key"])].reset_index(drop=True)[list(ISSUE_COLUMNS)]

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from billing.errors import ConfigurationError
-from billing.models import ISSUE_COLUMNS, WORKLOG_COLUMNS, Customer, WorkBatch, previous_month
+from billing.models import ISSUE_COLUMNS, WORKLOG_COLUMNS, Customer, WorkBatch, content_hash, previous_month
 from connectors.http import FatalError, HeaderAuth, OffsetPaginator, QuotaGuard, classify, get_json, make_client
 from rules.schema import CustomerDefaults, CustomerSpec, RedmineMapping
 
@@ -205,9 +205,7 @@ class RedmineSource:
             "billable": frame["billable"].astype(bool), "note": frame["note"], "period": period,
             "source_file": "time_entries", "source_row": frame["source_id"],
         })  # fmt: skip
-        hashed = worklogs[["source_id", "ticket_id", "customer_id", "user", "service_type", "started_at",
-                           "raw_seconds", "billable", "note"]].astype(str)  # fmt: skip
-        worklogs["content_hash"] = pd.util.hash_pandas_object(hashed, index=False).map("{:016x}".format)
+        worklogs["content_hash"] = content_hash(worklogs)
         return worklogs[list(WORKLOG_COLUMNS)].reset_index(drop=True)
 
     # -- write-back ------------------------------------------------------------------------------
