@@ -117,10 +117,13 @@ class UsageRecord(Model):
 
 
 class ChargeLine(Model):
-    """One displayed invoice line. ``amount_minor == round(quantity_billed × unit_price_minor)``."""
+    """One displayed invoice line. ``amount_minor == round(quantity_billed × unit_price_minor)``.
 
-    work_item_key: str
-    source_id: str
+    A line bills the work items in ``work_item_keys``: one work log, several (rounded together), or none
+    (a fee or an adjustment)."""
+
+    work_item_keys: tuple[str, ...] = ()
+    source_id: str = ""  # what the line shows as its source: "WL-00042", "WL-1, WL-2", or "" for a fee
     customer_id: str
     agreement_id: str = "default"
     period: str

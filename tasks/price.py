@@ -59,7 +59,7 @@ def group_drafts(
         customer = customers[customer_id]
         charge_lines = tuple(
             ChargeLine(
-                work_item_key=row["key"], source_id=row["source_id"], customer_id=customer_id, period=batch.period,
+                work_item_keys=(row["key"],), source_id=row["source_id"], customer_id=customer_id, period=batch.period,
                 currency=currency, service_type=row["service_type"],
                 description=_description(row, rules.services[row["service_type"]].name),
                 quantity_raw=_hours(int(row["raw_seconds"])),

@@ -51,7 +51,7 @@ def items(*pairs: tuple[str, str]) -> pd.DataFrame:
 
 def draft(*source_ids: str, amount: int = 1000, version: int = 1) -> InvoiceDraft:
     lines = tuple(
-        ChargeLine(work_item_key=f"files:x:worklog:{sid}", source_id=sid, customer_id="ACME", period="2026-10",
+        ChargeLine(work_item_keys=(f"files:x:worklog:{sid}",), source_id=sid, customer_id="ACME", period="2026-10",
                    currency="EUR", service_type="remote_support", description=sid, quantity_raw=Decimal("1"),
                    quantity_billed=Decimal("1.00"), unit_price_minor=amount, amount_minor=amount)
         for sid in source_ids

@@ -124,7 +124,7 @@ def draft(customer: str, period: str = "2026-10", lines: tuple[tuple[str, int], 
         customer_id=customer, period=period, currency="EUR", version=1, customer_name=customer,
         money_rounding=rounding, tax_rate=Decimal("0.19"), tax_base="unrounded",
         lines=tuple(
-            ChargeLine(work_item_key=f"k:{customer}:{n}", source_id=f"WL-{n}", customer_id=customer, period=period,
+            ChargeLine(work_item_keys=(f"k:{customer}:{n}",), source_id=f"WL-{n}", customer_id=customer, period=period,
                        currency="EUR", service_type="remote_support", description="support",
                        quantity_raw=Decimal(q), quantity_billed=Decimal(q), unit_price_minor=price,
                        amount_minor=int((Decimal(q) * price).quantize(Decimal(1), rounding=rounding.decimal_mode)))

@@ -316,7 +316,7 @@ class Ledger:
                     {
                         "draft_key": key,
                         "line_no": no,
-                        "work_item_key": line.work_item_key,
+                        "work_item_key": line.work_item_keys[0] if line.work_item_keys else "",  # the first
                         "description": line.description,
                         "quantity_raw": str(line.quantity_raw),
                         "quantity_billed": str(line.quantity_billed),
@@ -330,18 +330,13 @@ class Ledger:
                     insert(InvoiceLineRow).returning(InvoiceLineRow.id, sort_by_parameter_order=True),
                     line_rows,
                 ).all()
-                session.execute(
-                    update(WorkItem),
-                    [
-                        {
-                            "key": line.work_item_key,
-                            "line_id": line_id,
-                            "state": WorkState.DRAFTED.value,
-                            "updated_at": utcnow(),
-                        }
-                        for line, line_id in zip(draft.lines, ids, strict=True)
-                    ],
-                )
+                items = [
+                    {"key": item, "line_id": line_id, "state": WorkState.DRAFTED.value, "updated_at": utcnow()}
+                    for line, line_id in zip(draft.lines, ids, strict=True)
+                    for item in line.work_item_keys
+                ]
+                if items:
+                    session.execute(update(WorkItem), items)
                 self._audit(
                     session,
                     actor,

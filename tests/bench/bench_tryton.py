@@ -24,7 +24,7 @@ def drafts(tag: str) -> list[InvoiceDraft]:
     for number in range(INVOICES):
         customer = f"BENCH-{tag}-{number:03d}"
         lines = tuple(
-            ChargeLine(work_item_key=f"bench:{customer}:{n}", source_id=f"WL-{n}", customer_id=customer,
+            ChargeLine(work_item_keys=(f"bench:{customer}:{n}",), source_id=f"WL-{n}", customer_id=customer,
                        period="2026-10", currency="EUR", service_type="remote_support", description=f"support {n}",
                        quantity_raw=Decimal("1.25"), quantity_billed=Decimal("1.25"), unit_price_minor=9500,
                        amount_minor=11875)
