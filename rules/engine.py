@@ -184,6 +184,24 @@ def _apply_rates(frame: pd.DataFrame, rules: RuleSet) -> np.ndarray:
     return fixed
 
 
+def _together(frame: pd.DataFrame, scope: str) -> pd.DataFrame:
+    """Work logs billed alike (same customer, service, rate, multiplier) summed per ticket, day or line;
+    a work log without a ticket stays on its own at ticket scope. ``item_keys`` lists what a line bills."""
+    alike = ["customer_id", "currency", "service_type", "rate_minor", "rate_source", "rate_kind", "multiplier_bp",
+             "modifier"]  # fmt: skip
+    group = {"ticket": frame["ticket_id"].fillna(frame["key"]), "day": frame["local_date"],
+             "line": pd.Series(0, index=frame.index)}[scope]  # fmt: skip
+    ordered = frame.assign(_group=group.to_numpy()).sort_values(["started_at", "key"])
+    lines = ordered.groupby([*alike, "_group"], observed=True, sort=False).agg(
+        key=("key", "first"), item_keys=("key", tuple), source_id=("source_id", ", ".join),
+        ticket_id=("ticket_id", "first"), user=("user", "first"), started_at=("started_at", "min"),
+        local_date=("local_date", "min"), raw_seconds=("raw_seconds", "sum"),
+        note=("note", lambda notes: "; ".join(n for n in notes if n)),
+    ).reset_index().drop(columns="_group")  # fmt: skip
+    lines["raw_seconds"] = lines["raw_seconds"].astype("int64")
+    return lines
+
+
 MODIFIERS = ["", "after_hours", "weekend", "holiday", "priority"]
 TICKET_FIELDS = {"priority": "ticket_priority", "status": "ticket_status", "ticket_type": "ticket_type"}
 
@@ -290,6 +308,11 @@ def price(
     frame["modifier"] = pd.Categorical.from_codes(modifier, categories=MODIFIERS)
     frame["rate_kind"] = pd.Categorical.from_codes(fixed.astype("int8"), categories=["hourly", "fixed"])
 
+    if rules.rounding.scope != "worklog":  # round several work logs together, as one line
+        frame = _together(frame, rules.rounding.scope)
+        fixed = (frame["rate_kind"] == "fixed").to_numpy()
+        rate, multiplier = frame["rate_minor"].to_numpy(), frame["multiplier_bp"].to_numpy()
+        currency_code = frame["currency"].cat.codes.to_numpy()
     billed = _round_time(frame["raw_seconds"].to_numpy(dtype="int64"), rules)
     quantity_centi = div_round(billed * CENTI_HOURS, 3600, Rounding.HALF_UP)
     quantity_centi[fixed] = CENTI_HOURS  # one unit of the fixed price

@@ -37,9 +37,10 @@ class CurrencyPolicy(Strict):
 
 
 class TimeRounding(Strict):
-    """How worked time becomes billed time. Scope ``worklog``: each work log is rounded on its own."""
+    """How worked time becomes billed time. ``scope``: what is rounded as one — each work log, a ticket's
+    work at one rate, a day's, or the whole invoice line (a service at one rate for the period)."""
 
-    scope: Literal["worklog"] = "worklog"
+    scope: Literal["worklog", "ticket", "day", "line"] = "worklog"
     increment_minutes: int = Field(15, ge=1, le=1440)
     minimum_minutes: int = Field(0, ge=0, le=1440)
     mode: Literal["up", "nearest", "down"] = "up"

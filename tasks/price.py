@@ -59,7 +59,7 @@ def group_drafts(
         customer = customers[customer_id]
         charge_lines = tuple(
             ChargeLine(
-                work_item_keys=(row["key"],), source_id=row["source_id"], customer_id=customer_id, period=batch.period,
+                work_item_keys=_items(row), source_id=row["source_id"], customer_id=customer_id, period=batch.period,
                 currency=currency, service_type=row["service_type"],
                 description=_description(row, rules.services[row["service_type"]].name),
                 quantity_raw=_hours(int(row["raw_seconds"])),
@@ -78,6 +78,11 @@ def group_drafts(
             tax_rounding=rules.taxes.rounding, tax_base=rules.taxes.base,
         ))  # fmt: skip
     return drafts
+
+
+def _items(row: dict[str, Any]) -> tuple[str, ...]:
+    """The work items a line bills: several when the rules round them together, else its own."""
+    return tuple(row.get("item_keys") or (row["key"],))
 
 
 def _hours(seconds: int) -> Decimal:

@@ -262,3 +262,36 @@ def test_non_billable_by_ticket_type_and_status() -> None:
         "t:2": "not-resolved",
     }
     assert result.lines["source_id"].tolist() == ["WL-3"]
+
+
+def test_a_tickets_work_is_rounded_once_not_per_work_log() -> None:
+    # Three 10-minute logs on one ticket: per work log 3 × 15 min = 0.75 h; per ticket 30 min → 0.50 h.
+    rows = [("GLOBEX", "remote_support", f"2026-10-07T0{h}:00Z", 10) for h in (8, 9)] + [
+        ("GLOBEX", "remote_support", "2026-10-08T08:00Z", 10),
+        ("GLOBEX", "remote_support", "2026-10-08T09:00Z", 10),
+    ]
+    frame = worklogs(*rows)
+    frame["ticket_id"] = ["T-1", "T-1", "T-1", None]
+    per_log = price(frame, CUSTOMERS, DEMO).lines
+    per_ticket = price(
+        frame,
+        CUSTOMERS,
+        rules_with(rounding={"scope": "ticket", "increment_minutes": 15, "minimum_minutes": 15, "mode": "up"}),
+    ).lines
+    per_day = price(
+        frame,
+        CUSTOMERS,
+        rules_with(rounding={"scope": "day", "increment_minutes": 15, "minimum_minutes": 15, "mode": "up"}),
+    ).lines
+    assert per_log["amount_minor"].sum() == 4 * 2375
+    assert sorted(per_ticket["item_keys"].map(len)) == [1, 3]
+    ticket = per_ticket[per_ticket["item_keys"].map(len) == 3].iloc[0]
+    assert (ticket["raw_seconds"], ticket["billed_seconds"], ticket["quantity_centi"], ticket["amount_minor"]) == (
+        1800,
+        1800,
+        50,
+        4750,
+    )
+    assert ticket["source_id"] == "WL-1, WL-2, WL-3"
+    assert per_day["quantity_centi"].tolist() == [50, 50]  # 2 × 10 min each day → 20 min → 30 min billed
+    assert sum(per_ticket["amount_minor"]) == sum(li for li in per_ticket["quantity_centi"] * 9500 // 100)

@@ -232,3 +232,19 @@ def test_the_approve_command_answers_a_paused_run(run: Callable[..., dict[str, A
     assert {i["status"] for i in summary["invoices"]} == {"posted"}
     decision = Ledger(settings.resolved_ledger_url).approvals(summary["invoices"][0]["key"])[-1]
     assert (decision.approver, decision.decision, decision.note) == ("kim@example.com", "approved", "ok by phone")
+
+
+def test_rounding_per_ticket_bills_every_work_log_once_on_fewer_lines(
+    run: Callable[..., dict[str, Any]], settings: Settings, tmp_path: Path
+) -> None:
+    rules = yaml.safe_load(DEMO_RULES.read_text())
+    rules["rounding"]["scope"] = "ticket"
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(rules))
+    first = run(rules=str(rules_file))
+    lines = sum(len(i["lines"]) for i in first["invoices"])
+    assert first["counts"]["billed"] == 455 and lines < 455
+    items = Ledger(settings.resolved_ledger_url).work_items("2026-10")
+    billed = items[items["state"].isin(["posted", "reconciled"])]
+    assert billed["line_id"].notna().all() and billed["line_id"].nunique() == lines
+    assert run(rules=str(rules_file))["new_postings"] == 0
