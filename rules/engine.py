@@ -13,6 +13,9 @@ lines. Each line keeps the columns its explanation is rendered from (rate source
 
 from __future__ import annotations
 
+import calendar
+from datetime import date, timedelta
+
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -334,6 +337,39 @@ def price(
         categories=rounding_names or ["half_up"],
     )
     return PricingResult(lines=frame, non_billable=non_billable, unpriceable=pd.concat(problems, ignore_index=True))
+
+
+def agreement_fees(customers: list[Customer], rules: RuleSet, period: str) -> pd.DataFrame:
+    """A line per agreement with a monthly fee running in the period, prorated by the days it runs
+    (amount = fee × days / days of the month, rounded by the currency's mode; shown as 1 × that amount)."""
+    year, month = map(int, period.split("-"))
+    first, days = date(year, month, 1), calendar.monthrange(year, month)[1]
+    last = first + timedelta(days=days - 1)
+    by_id = {c.customer_id: c for c in customers}
+    rows = []
+    for number, spec in enumerate(rules.agreements):
+        customer = by_id.get(spec.customer)
+        if customer is None or customer.currency not in spec.monthly_fee:
+            continue
+        start, end = max(first, spec.starts or first), min(last, spec.ends or last)
+        covered = (end - start).days + 1
+        if covered <= 0:
+            continue
+        fee = spec.monthly_fee[customer.currency]
+        full = to_minor(fee, customer.currency)
+        mode = rules.money_rounding(customer.currency)
+        amount = to_minor(fee * covered / days, customer.currency, mode)
+        prorated = f" ({covered}/{days} days)" if covered < days else ""
+        rows.append({
+            "key": f"fee:{spec.id}:{period}", "source_id": f"{spec.id} {period}", "ticket_id": None,
+            "customer_id": customer.customer_id, "user": None, "service_type": "monthly_fee",
+            "started_at": pd.Timestamp(first, tz="UTC"), "raw_seconds": 0, "note": "", "ticket_priority": None,
+            "currency": customer.currency, "rate_minor": full, "rate_source": f"agreements[{number}].monthly_fee",
+            "local_date": np.datetime64(first, "D"), "multiplier_bp": BASIS, "modifier": "", "rate_kind": "fixed",
+            "billed_seconds": 0, "quantity_centi": CENTI_HOURS, "unit_price_minor": amount, "amount_minor": amount,
+            "money_rounding": mode.value, "description": f"Monthly fee, agreement {spec.id}, {period}{prorated}",
+        })  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def quantity(centi: int) -> Decimal:

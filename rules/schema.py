@@ -102,6 +102,9 @@ class AgreementSpec(Strict):
     customer: str
     starts: date | None = None
     ends: date | None = None
+    monthly_fee: dict[Currency, Decimal] = Field(
+        default_factory=dict, description="a recurring fee per month, prorated by the days the agreement runs"
+    )
 
 
 class Rate(Strict):

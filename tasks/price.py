@@ -13,8 +13,9 @@ from prefect.cache_policies import NO_CACHE
 
 from billing.ledger import Ledger, WorkState
 from billing.models import ChargeLine, InvoiceDraft, WorkBatch
+from billing.money import format_money
 from billing.settings import Settings
-from rules.engine import explain, price, quantity
+from rules.engine import agreement_fees, explain, price, quantity
 from rules.schema import RuleSet, load_rules
 from tasks.extract import make_source
 
@@ -36,8 +37,24 @@ def price_work(settings: Settings, batch: WorkBatch, valid: pd.DataFrame) -> pd.
         actor="price",
         reasons=result.unpriceable["reason"].tolist(),
     )
-    ledger.set_state(result.lines["key"].tolist(), WorkState.PRICED, actor="price")
-    return result.lines
+    priced = result.lines["item_keys"].explode() if "item_keys" in result.lines else result.lines["key"]
+    ledger.set_state(priced.tolist(), WorkState.PRICED, actor="price")
+    fees = _fees_to_bill(ledger, batch, rules)
+    return pd.concat([result.lines, fees], ignore_index=True) if len(fees) else result.lines
+
+
+def _fees_to_bill(ledger: Ledger, batch: WorkBatch, rules: RuleSet) -> pd.DataFrame:
+    """Agreement fees of the period that are not billed yet. A fee is a work item of its own (key
+    ``fee:<agreement>:<period>``), so it is billed once, whatever the reruns."""
+    fees = agreement_fees(batch.customers, rules, batch.period)
+    if fees.empty:
+        return fees
+    items = fees.assign(source_system="rules", instance=rules.name, object_type="fee", period=batch.period,
+                        content_hash=fees["amount_minor"].astype(str))  # fmt: skip
+    seen = ledger.register(items, actor="price:fees")
+    fees = fees[fees["key"].isin(set(seen.loc[seen["process"], "key"]))]
+    ledger.set_state(fees["key"].tolist(), WorkState.PRICED, actor="price:fees")
+    return fees
 
 
 def build_drafts(settings: Settings, batch: WorkBatch, lines: pd.DataFrame) -> list[InvoiceDraft]:
@@ -60,14 +77,14 @@ def group_drafts(
         charge_lines = tuple(
             ChargeLine(
                 work_item_keys=_items(row), source_id=row["source_id"], customer_id=customer_id, period=batch.period,
-                currency=currency, service_type=row["service_type"],
-                description=_description(row, rules.services[row["service_type"]].name),
+                currency=currency, service_type=row["service_type"], description=text[0],
                 quantity_raw=_hours(int(row["raw_seconds"])),
                 quantity_billed=quantity(int(row["quantity_centi"])),
                 unit_price_minor=int(row["unit_price_minor"]), amount_minor=int(row["amount_minor"]),
-                trace=_trace(row, rules.name, explain(row, rules.services[row["service_type"]].name, rules)),
+                trace=_trace(row, rules.name, text[1]),
             )
             for row in group.to_dict("records")
+            for text in [_texts(row, rules)]
         )  # fmt: skip
         version = posted.get((customer_id, "default", currency), 0) + 1
         tax = rules.taxes.for_country(customer.country)
@@ -78,6 +95,15 @@ def group_drafts(
             tax_rounding=rules.taxes.rounding, tax_base=rules.taxes.base,
         ))  # fmt: skip
     return drafts
+
+
+def _texts(row: dict[str, Any], rules: RuleSet) -> tuple[str, str]:
+    """The line's description and the sentence that explains its amount."""
+    if _present(row.get("description")):  # a fee: its own words
+        full = format_money(int(row["rate_minor"]), str(row["currency"]))
+        return str(row["description"]), f"{row['description']}: {full} a month, from {row['rate_source']}"
+    service = rules.services[row["service_type"]].name
+    return _description(row, service), explain(row, service, rules)
 
 
 def _items(row: dict[str, Any]) -> tuple[str, ...]:
@@ -139,7 +165,9 @@ def preview(settings: Settings, period: str, now: datetime | None = None) -> dic
     checked = validate_worklogs(batch.worklogs, batch.issues, usable, batch.customer_problems, list(rules.services),
                                 batch.tickets["ticket_id"].tolist(), now or datetime.now(UTC))  # fmt: skip
     result = price(checked.valid, batch.customers, rules, batch.tickets)
-    drafts = group_drafts(batch, result.lines, rules, posted={})
+    fees = agreement_fees(batch.customers, rules, period)
+    lines = pd.concat([result.lines, fees], ignore_index=True) if len(fees) else result.lines
+    drafts = group_drafts(batch, lines, rules, posted={})
     return {
         "period": period,
         "lines": [

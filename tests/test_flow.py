@@ -248,3 +248,19 @@ def test_rounding_per_ticket_bills_every_work_log_once_on_fewer_lines(
     billed = items[items["state"].isin(["posted", "reconciled"])]
     assert billed["line_id"].notna().all() and billed["line_id"].nunique() == lines
     assert run(rules=str(rules_file))["new_postings"] == 0
+
+
+def test_agreement_fees_are_billed_once_and_prorated(run: Callable[..., dict[str, Any]]) -> None:
+    rules = str(DEMO_RULES.with_name("agreements.yaml"))
+    first = run(rules=rules)
+    fees = {li["description"]: li["amount_minor"] for i in first["invoices"] for li in i["lines"]
+            if li["description"].startswith("Monthly fee")}  # fmt: skip
+    assert fees == {
+        "Monthly fee, agreement ACME-MSA-2026, 2026-10": 50000,
+        "Monthly fee, agreement GLOBEX-CARE, 2026-10 (17/31 days)": 17000,
+    }  # 310 × 17 / 31
+    for invoice in first["invoices"]:
+        assert invoice["total_minor"] == sum(li["amount_minor"] for li in invoice["lines"])
+    second = run(rules=rules)
+    assert second["new_postings"] == 0
+    assert second["work_items_total"] == first["work_items_total"] == 503 + 2  # the two fees are work items
