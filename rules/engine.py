@@ -14,9 +14,8 @@ lines. Each line keeps the columns its explanation is rendered from (rate source
 from __future__ import annotations
 
 import calendar
-from datetime import date, timedelta
-
 from dataclasses import dataclass
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 

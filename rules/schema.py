@@ -95,6 +95,24 @@ class UsagePricing(Strict):
         return self
 
 
+class Discount(Strict):
+    """A percentage off a customer's invoice (off every customer's, without ``customer``), as its own line."""
+
+    id: str
+    customer: str | None = None
+    percent: Decimal = Field(gt=0, le=100)
+
+
+class Cap(Strict):
+    """Not to exceed: the work of one ticket on an invoice costs at most ``amount``; the excess is taken
+    off as a line of its own, so the invoice still adds up."""
+
+    id: str
+    per: Literal["ticket"] = "ticket"
+    customer: str | None = None
+    amount: dict[Currency, Decimal]
+
+
 class AgreementSpec(Strict):
     """A contract with a customer; work done while it runs is billed under it."""
 
@@ -257,6 +275,8 @@ class RuleSet(Strict):
     rates: list[Rate] = Field(default_factory=list, description="rates with precedence and effective dates")
     agreements: list[AgreementSpec] = Field(default_factory=list)
     usage: dict[str, UsagePricing] = Field(default_factory=dict, description="metric → pricing")
+    caps: list[Cap] = Field(default_factory=list)
+    discounts: list[Discount] = Field(default_factory=list)
     roles: dict[str, str] = Field(default_factory=dict, description="user → role, for role rates")
     modifiers: Modifiers = Modifiers()
     non_billable: list[NonBillableRule] = Field(default_factory=list)

@@ -15,6 +15,7 @@ from billing.ledger import Ledger, WorkState
 from billing.models import ChargeLine, InvoiceDraft, WorkBatch
 from billing.money import format_money
 from billing.settings import Settings
+from rules.adjustments import adjust
 from rules.engine import agreement_fees, explain, price, quantity
 from rules.schema import RuleSet, load_rules
 from tasks.extract import make_source
@@ -86,6 +87,8 @@ def group_drafts(
             for row in group.to_dict("records")
             for text in [_texts(row, rules)]
         )  # fmt: skip
+        tickets = {k: t for k, t in zip(group["key"], group["ticket_id"], strict=True) if _present(t)}
+        charge_lines += tuple(adjust(list(charge_lines), tickets, rules, rules.money_rounding(currency)))
         version = posted.get((customer_id, "default", currency), 0) + 1
         tax = rules.taxes.for_country(customer.country)
         drafts.append(InvoiceDraft(

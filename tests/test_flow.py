@@ -261,6 +261,11 @@ def test_agreement_fees_are_billed_once_and_prorated(run: Callable[..., dict[str
     }  # 310 × 17 / 31
     for invoice in first["invoices"]:
         assert invoice["total_minor"] == sum(li["amount_minor"] for li in invoice["lines"])
+    northwind = next(i for i in first["invoices"] if i["customer"] == "NORTHWIND")
+    discount = [li for li in northwind["lines"] if li["description"].startswith("Discount")]
+    work = sum(li["amount_minor"] for li in northwind["lines"] if li not in discount)
+    assert len(discount) == 1 and discount[0]["amount_minor"] == -round(work * 3 / 100)  # no tie in these numbers
+    assert any(li["description"].startswith("Cap ticket-nte") for i in first["invoices"] for li in i["lines"])
     second = run(rules=rules)
     assert second["new_postings"] == 0
     assert second["work_items_total"] == first["work_items_total"] == 503 + 2  # the two fees are work items
