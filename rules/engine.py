@@ -359,15 +359,52 @@ def agreement_fees(customers: list[Customer], rules: RuleSet, period: str) -> pd
         mode = rules.money_rounding(customer.currency)
         amount = to_minor(fee * covered / days, customer.currency, mode)
         prorated = f" ({covered}/{days} days)" if covered < days else ""
-        rows.append({
-            "key": f"fee:{spec.id}:{period}", "source_id": f"{spec.id} {period}", "ticket_id": None,
-            "customer_id": customer.customer_id, "user": None, "service_type": "monthly_fee",
-            "started_at": pd.Timestamp(first, tz="UTC"), "raw_seconds": 0, "note": "", "ticket_priority": None,
-            "currency": customer.currency, "rate_minor": full, "rate_source": f"agreements[{number}].monthly_fee",
-            "local_date": np.datetime64(first, "D"), "multiplier_bp": BASIS, "modifier": "", "rate_kind": "fixed",
-            "billed_seconds": 0, "quantity_centi": CENTI_HOURS, "unit_price_minor": amount, "amount_minor": amount,
-            "money_rounding": mode.value, "description": f"Monthly fee, agreement {spec.id}, {period}{prorated}",
-        })  # fmt: skip
+        rows.append(_fixed_line(
+            key=f"fee:{spec.id}:{period}", source_id=f"{spec.id} {period}", customer=customer, day=first,
+            service_type="monthly_fee", full=full, amount=amount, source=f"agreements[{number}].monthly_fee",
+            rounding=mode, description=f"Monthly fee, agreement {spec.id}, {period}{prorated}", object_type="fee",
+        ))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _fixed_line(*, key: str, source_id: str, customer: Customer, day: date, service_type: str, full: int,
+                amount: int, source: str, rounding: Rounding, description: str, object_type: str,
+                ticket_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """A charge line that rules make (not a work log): a fee, a milestone; 1 × its amount."""
+    return {
+        "key": key, "source_id": source_id, "ticket_id": ticket_id, "customer_id": customer.customer_id,
+        "user": None, "service_type": service_type, "started_at": pd.Timestamp(day, tz="UTC"), "raw_seconds": 0,
+        "note": "", "ticket_priority": None, "currency": customer.currency, "rate_minor": full,
+        "rate_source": source, "local_date": np.datetime64(day, "D"), "multiplier_bp": BASIS, "modifier": "",
+        "rate_kind": "fixed", "billed_seconds": 0, "quantity_centi": CENTI_HOURS, "unit_price_minor": amount,
+        "amount_minor": amount, "money_rounding": rounding.value, "description": description,
+        "object_type": object_type,
+    }  # fmt: skip
+
+
+def milestones_due(tickets: pd.DataFrame, customers: list[Customer], rules: RuleSet, period: str) -> pd.DataFrame:
+    """A line per milestone whose ticket was resolved or closed by the end of the period (billed once: the
+    ledger skips it on later runs)."""
+    year, month = map(int, period.split("-"))
+    end = pd.Timestamp(date(year, month, calendar.monthrange(year, month)[1]), tz="UTC") + pd.Timedelta(days=1)
+    by_id = {c.customer_id: c for c in customers}
+    resolved = {}
+    if len(tickets) and "resolved_at" in tickets:
+        done = tickets[tickets["resolved_at"].notna() & (tickets["resolved_at"] < end)]
+        resolved = dict(zip(done["ticket_id"], done["resolved_at"], strict=True))
+    rows = []
+    for number, spec in enumerate(rules.milestones):
+        customer = by_id.get(spec.customer)
+        if customer is None or customer.currency not in spec.amount or spec.ticket not in resolved:
+            continue
+        amount = to_minor(spec.amount[customer.currency], customer.currency)
+        rows.append(_fixed_line(
+            key=f"milestone:{spec.id}", source_id=spec.id, customer=customer,
+            day=resolved[spec.ticket].date(), service_type="milestone", full=amount, amount=amount,
+            source=f"milestones[{number}]", rounding=rules.money_rounding(customer.currency),
+            description=f"Milestone {spec.id}: {spec.description} (ticket {spec.ticket} done)",
+            object_type="milestone", ticket_id=spec.ticket,
+        ))  # fmt: skip
     return pd.DataFrame(rows)
 
 

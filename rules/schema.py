@@ -113,6 +113,16 @@ class Cap(Strict):
     amount: dict[Currency, Decimal]
 
 
+class Milestone(Strict):
+    """A fixed amount billed once, in the period its ticket is resolved or closed."""
+
+    id: str
+    customer: str
+    ticket: str
+    description: str
+    amount: dict[Currency, Decimal]
+
+
 class AgreementSpec(Strict):
     """A contract with a customer; work done while it runs is billed under it."""
 
@@ -276,6 +286,7 @@ class RuleSet(Strict):
     agreements: list[AgreementSpec] = Field(default_factory=list)
     usage: dict[str, UsagePricing] = Field(default_factory=dict, description="metric → pricing")
     caps: list[Cap] = Field(default_factory=list)
+    milestones: list[Milestone] = Field(default_factory=list)
     discounts: list[Discount] = Field(default_factory=list)
     roles: dict[str, str] = Field(default_factory=dict, description="user → role, for role rates")
     modifiers: Modifiers = Modifiers()

@@ -16,7 +16,7 @@ from billing.models import ChargeLine, InvoiceDraft, WorkBatch
 from billing.money import format_money
 from billing.settings import Settings
 from rules.adjustments import adjust
-from rules.engine import agreement_fees, explain, price, quantity
+from rules.engine import agreement_fees, explain, milestones_due, price, quantity
 from rules.schema import RuleSet, load_rules
 from tasks.extract import make_source
 
@@ -40,17 +40,19 @@ def price_work(settings: Settings, batch: WorkBatch, valid: pd.DataFrame) -> pd.
     )
     priced = result.lines["item_keys"].explode() if "item_keys" in result.lines else result.lines["key"]
     ledger.set_state(priced.tolist(), WorkState.PRICED, actor="price")
-    fees = _fees_to_bill(ledger, batch, rules)
-    return pd.concat([result.lines, fees], ignore_index=True) if len(fees) else result.lines
+    made = _rule_lines_to_bill(ledger, batch, rules)
+    return pd.concat([result.lines, made], ignore_index=True) if len(made) else result.lines
 
 
-def _fees_to_bill(ledger: Ledger, batch: WorkBatch, rules: RuleSet) -> pd.DataFrame:
-    """Agreement fees of the period that are not billed yet. A fee is a work item of its own (key
-    ``fee:<agreement>:<period>``), so it is billed once, whatever the reruns."""
-    fees = agreement_fees(batch.customers, rules, batch.period)
+def _rule_lines_to_bill(ledger: Ledger, batch: WorkBatch, rules: RuleSet) -> pd.DataFrame:
+    """Lines the rules make — agreement fees, milestones — that are not billed yet. Each is a work item of
+    its own (``fee:<agreement>:<period>``, ``milestone:<id>``), so it is billed once, whatever the reruns."""
+    parts = [agreement_fees(batch.customers, rules, batch.period),
+             milestones_due(batch.tickets, batch.customers, rules, batch.period)]  # fmt: skip
+    fees = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
     if fees.empty:
         return fees
-    items = fees.assign(source_system="rules", instance=rules.name, object_type="fee", period=batch.period,
+    items = fees.assign(source_system="rules", instance=rules.name, period=batch.period,
                         content_hash=fees["amount_minor"].astype(str))  # fmt: skip
     seen = ledger.register(items, actor="price:fees")
     fees = fees[fees["key"].isin(set(seen.loc[seen["process"], "key"]))]
@@ -102,9 +104,11 @@ def group_drafts(
 
 def _texts(row: dict[str, Any], rules: RuleSet) -> tuple[str, str]:
     """The line's description and the sentence that explains its amount."""
-    if _present(row.get("description")):  # a fee: its own words
+    if _present(row.get("description")):  # a line the rules made (a fee, a milestone): its own words
+        amount = format_money(int(row["amount_minor"]), str(row["currency"]))
         full = format_money(int(row["rate_minor"]), str(row["currency"]))
-        return str(row["description"]), f"{row['description']}: {full} a month, from {row['rate_source']}"
+        of = f" of {full}" if int(row["rate_minor"]) != int(row["amount_minor"]) else ""
+        return str(row["description"]), f"{row['description']}: {amount}{of} ({row['rate_source']})"
     service = rules.services[row["service_type"]].name
     return _description(row, service), explain(row, service, rules)
 
@@ -168,8 +172,11 @@ def preview(settings: Settings, period: str, now: datetime | None = None) -> dic
     checked = validate_worklogs(batch.worklogs, batch.issues, usable, batch.customer_problems, list(rules.services),
                                 batch.tickets["ticket_id"].tolist(), now or datetime.now(UTC))  # fmt: skip
     result = price(checked.valid, batch.customers, rules, batch.tickets)
-    fees = agreement_fees(batch.customers, rules, period)
-    lines = pd.concat([result.lines, fees], ignore_index=True) if len(fees) else result.lines
+    made = [
+        agreement_fees(batch.customers, rules, period),
+        milestones_due(batch.tickets, batch.customers, rules, period),
+    ]
+    lines = pd.concat([result.lines, *[m for m in made if len(m)]], ignore_index=True)
     drafts = group_drafts(batch, lines, rules, posted={})
     return {
         "period": period,

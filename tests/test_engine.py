@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from billing.models import Customer
 from billing.money import Rounding
-from rules.engine import explain, price
+from rules.engine import explain, milestones_due, price
 from rules.schema import RuleSet, load_rules
 from tests.conftest import DEMO_RULES
 
@@ -295,3 +295,14 @@ def test_a_tickets_work_is_rounded_once_not_per_work_log() -> None:
     assert ticket["source_id"] == "WL-1, WL-2, WL-3"
     assert per_day["quantity_centi"].tolist() == [50, 50]  # 2 × 10 min each day → 20 min → 30 min billed
     assert sum(per_ticket["amount_minor"]) == sum(li for li in per_ticket["quantity_centi"] * 9500 // 100)
+
+
+def test_a_milestone_is_due_in_the_period_its_ticket_is_done() -> None:
+    rules = rules_with(milestones=[{"id": "m1", "customer": "GLOBEX", "ticket": "T-9", "description": "Go-live",
+                                    "amount": {"EUR": "1200.00"}}])  # fmt: skip
+    tickets = pd.DataFrame({"ticket_id": ["T-9"], "resolved_at": [pd.Timestamp("2026-11-02T10:00Z")]})
+    assert milestones_due(tickets, CUSTOMERS, rules, "2026-10").empty  # done in November, not October
+    due = milestones_due(tickets, CUSTOMERS, rules, "2026-11")
+    assert due[["key", "amount_minor", "quantity_centi", "unit_price_minor"]].values.tolist() == [
+        ["milestone:m1", 120000, 100, 120000]
+    ]

@@ -266,6 +266,11 @@ def test_agreement_fees_are_billed_once_and_prorated(run: Callable[..., dict[str
     work = sum(li["amount_minor"] for li in northwind["lines"] if li not in discount)
     assert len(discount) == 1 and discount[0]["amount_minor"] == -round(work * 3 / 100)  # no tie in these numbers
     assert any(li["description"].startswith("Cap ticket-nte") for i in first["invoices"] for li in i["lines"])
+    initech = next(i for i in first["invoices"] if i["customer"] == "INITECH")
+    milestones = [li for li in initech["lines"] if li["description"].startswith("Milestone")]
+    assert [(li["description"], li["amount_minor"]) for li in milestones] == [
+        ("Milestone initech-sso-rollout: Single sign-on rollout (ticket T-1012 done)", 240000)
+    ]  # T-1082 is open
     second = run(rules=rules)
     assert second["new_postings"] == 0
-    assert second["work_items_total"] == first["work_items_total"] == 503 + 2  # the two fees are work items
+    assert second["work_items_total"] == first["work_items_total"] == 503 + 3  # two fees and a milestone
