@@ -24,6 +24,13 @@ from billing.money import format_money
 from billing.settings import Settings, load_settings
 
 Period = Annotated[str | None, typer.Option(help="Billing period YYYY-MM. Default: the export's own period.")]
+Source = Annotated[
+    Literal["files", "redmine"] | None,
+    typer.Option(help="Where work comes from: files (a file-drop folder, --input) or redmine "
+                 "(TICKET_TO_INVOICE_REDMINE_URL and _API_KEY)."),
+]  # fmt: skip
+InputDir = Annotated[Path | None, typer.Option("--input", help="Folder of a file-drop export.")]
+RulesFile = Annotated[Path | None, typer.Option(help="Rules file (YAML). Default: rules/examples/demo.yaml.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")]
 
 app = typer.Typer(
@@ -78,14 +85,8 @@ def _fail(exc: UserFacingError) -> typer.Exit:
 @app.command()
 def run(
     period: Period = None,
-    source: Annotated[
-        Literal["files", "redmine"] | None,
-        typer.Option(
-            help="Where work comes from: files (a file-drop folder, --input) or redmine "
-            "(TICKET_TO_INVOICE_REDMINE_URL and _API_KEY)."
-        ),
-    ] = None,
-    input_dir: Annotated[Path | None, typer.Option("--input", help="Folder of a file-drop export.")] = None,
+    source: Source = None,
+    input_dir: InputDir = None,
     erp: Annotated[
         Literal["tryton", "files"] | None,
         typer.Option(
@@ -93,7 +94,7 @@ def run(
             "files (JSON + CSV import file under var/erp-files)."
         ),
     ] = None,
-    rules: Annotated[Path | None, typer.Option(help="Rules file (YAML). Default: rules/examples/demo.yaml.")] = None,
+    rules: RulesFile = None,
     approve: Annotated[
         Literal["auto", "manual"] | None,
         typer.Option(
@@ -185,9 +186,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
 @app.command("price")
 def price_preview(
     period: Period = None,
-    source: Annotated[Literal["files", "redmine"] | None, typer.Option(help="Where work comes from.")] = None,
-    input_dir: Annotated[Path | None, typer.Option("--input", help="Folder of a file-drop export.")] = None,
-    rules: Annotated[Path | None, typer.Option(help="Rules file (YAML). Default: rules/examples/demo.yaml.")] = None,
+    source: Source = None,
+    input_dir: InputDir = None,
+    rules: RulesFile = None,
     as_json: AsJson = False,
 ) -> None:
     """Price a period without posting anything: every charge line with its explanation, and the draft totals.

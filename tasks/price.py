@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -19,6 +19,7 @@ from rules.adjustments import adjust
 from rules.engine import agreement_fees, explain, milestones_due, price, quantity
 from rules.schema import RuleSet, load_rules
 from tasks.extract import make_source
+from tasks.validate import check_worklogs
 
 
 def price_work(settings: Settings, batch: WorkBatch, valid: pd.DataFrame) -> pd.DataFrame:
@@ -44,20 +45,26 @@ def price_work(settings: Settings, batch: WorkBatch, valid: pd.DataFrame) -> pd.
     return pd.concat([result.lines, made], ignore_index=True) if len(made) else result.lines
 
 
-def _rule_lines_to_bill(ledger: Ledger, batch: WorkBatch, rules: RuleSet) -> pd.DataFrame:
-    """Lines the rules make — agreement fees, milestones — that are not billed yet. Each is a work item of
-    its own (``fee:<agreement>:<period>``, ``milestone:<id>``), so it is billed once, whatever the reruns."""
+def rule_lines(batch: WorkBatch, rules: RuleSet) -> pd.DataFrame:
+    """Lines the rules make for the period rather than the work: agreement fees and milestones due."""
     parts = [agreement_fees(batch.customers, rules, batch.period),
              milestones_due(batch.tickets, batch.customers, rules, batch.period)]  # fmt: skip
-    fees = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
-    if fees.empty:
-        return fees
-    items = fees.assign(source_system="rules", instance=rules.name, period=batch.period,
-                        content_hash=fees["amount_minor"].astype(str))  # fmt: skip
-    seen = ledger.register(items, actor="price:fees")
-    fees = fees[fees["key"].isin(set(seen.loc[seen["process"], "key"]))]
-    ledger.set_state(fees["key"].tolist(), WorkState.PRICED, actor="price:fees")
-    return fees
+    made = [p for p in parts if len(p)]
+    return pd.concat(made, ignore_index=True) if made else pd.DataFrame()
+
+
+def _rule_lines_to_bill(ledger: Ledger, batch: WorkBatch, rules: RuleSet) -> pd.DataFrame:
+    """The rule-made lines not billed yet. Each is a work item of its own (``fee:<agreement>:<period>``,
+    ``milestone:<id>``), so it is billed once, whatever the reruns."""
+    made = rule_lines(batch, rules)
+    if made.empty:
+        return made
+    items = made.assign(source_system="rules", instance=rules.name, period=batch.period,
+                        content_hash=made["amount_minor"].astype(str))  # fmt: skip
+    seen = ledger.register(items, actor="price:rules")
+    made = made[made["key"].isin(set(seen.loc[seen["process"], "key"]))]
+    ledger.set_state(made["key"].tolist(), WorkState.PRICED, actor="price:rules")
+    return made
 
 
 def build_drafts(settings: Settings, batch: WorkBatch, lines: pd.DataFrame) -> list[InvoiceDraft]:
@@ -164,19 +171,12 @@ def preview(settings: Settings, period: str, now: datetime | None = None) -> dic
 
     The same plain functions as the flow, minus every write; rows that would be quarantined or settled as
     non-billable are listed with their reasons."""
-    from rules.quality import validate_worklogs  # GX is slow to import: only when previewing
-
     rules = load_rules(settings.rules_file)
     batch = make_source(settings).extract(period)
-    usable = [c.customer_id for c in batch.customers if c.customer_id not in batch.customer_problems]
-    checked = validate_worklogs(batch.worklogs, batch.issues, usable, batch.customer_problems, list(rules.services),
-                                batch.tickets["ticket_id"].tolist(), now or datetime.now(UTC))  # fmt: skip
+    checked = check_worklogs(batch, rules, now)
     result = price(checked.valid, batch.customers, rules, batch.tickets)
-    made = [
-        agreement_fees(batch.customers, rules, period),
-        milestones_due(batch.tickets, batch.customers, rules, period),
-    ]
-    lines = pd.concat([result.lines, *[m for m in made if len(m)]], ignore_index=True)
+    made = rule_lines(batch, rules)
+    lines = pd.concat([result.lines, made], ignore_index=True) if len(made) else result.lines
     drafts = group_drafts(batch, lines, rules, posted={})
     return {
         "period": period,

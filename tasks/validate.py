@@ -11,15 +11,14 @@ from prefect.cache_policies import NO_CACHE
 from billing.ledger import Ledger, WorkState
 from billing.models import WorkBatch
 from billing.settings import Settings
-from rules.quality import validate_worklogs
-from rules.schema import load_rules
+from rules.quality import Outcome, validate_worklogs
+from rules.schema import RuleSet, load_rules
 
 
-def validate_work(settings: Settings, batch: WorkBatch, now: datetime | None = None) -> pd.DataFrame:
-    """The valid work logs of the batch; invalid ones are quarantined in the ledger."""
-    rules = load_rules(settings.rules_file)
+def check_worklogs(batch: WorkBatch, rules: RuleSet, now: datetime | None = None) -> Outcome:
+    """Run the work-log suite on a batch against what it and the rules know (writes nothing)."""
     usable = [c.customer_id for c in batch.customers if c.customer_id not in batch.customer_problems]
-    outcome = validate_worklogs(
+    return validate_worklogs(
         batch.worklogs,
         batch.issues,
         known_customers=usable,
@@ -28,6 +27,11 @@ def validate_work(settings: Settings, batch: WorkBatch, now: datetime | None = N
         known_tickets=batch.tickets["ticket_id"].tolist(),
         now=now or datetime.now(UTC),
     )
+
+
+def validate_work(settings: Settings, batch: WorkBatch, now: datetime | None = None) -> pd.DataFrame:
+    """The valid work logs of the batch; invalid ones are quarantined in the ledger."""
+    outcome = check_worklogs(batch, load_rules(settings.rules_file), now)
     Ledger(settings.resolved_ledger_url).set_state(
         outcome.quarantined["key"].tolist(),
         WorkState.QUARANTINED,

@@ -122,19 +122,19 @@ class Ledger:
         again; it is flagged ``changed_after_billing`` for reconcile to report.
         """
         keys = items["key"].tolist()
-        known: dict[str, tuple[str, str, str | None]] = {}
+        state_of: dict[str, str] = {}
+        billed_hash_of: dict[str, str | None] = {}
         with self.session() as session:
             for chunk in _chunks(keys):
                 rows = session.execute(
-                    select(WorkItem.key, WorkItem.state, WorkItem.content_hash, WorkItem.billed_hash).where(
-                        WorkItem.key.in_(chunk)
-                    )
+                    select(WorkItem.key, WorkItem.state, WorkItem.billed_hash).where(WorkItem.key.in_(chunk))
                 )
-                known.update({key: (state, chash, bhash) for key, state, chash, bhash in rows})
+                for key, state, billed_hash in rows:
+                    state_of[key], billed_hash_of[key] = state, billed_hash
 
-            prior_state = items["key"].map(lambda k: known[k][0] if k in known else None)
+            prior_state = items["key"].map(state_of)  # a dict map: a hash lookup by column, NaN when new
             billed = prior_state.isin([s.value for s in BILLED_STATES])
-            billed_hash = items["key"].map(lambda k: known[k][2] if k in known else None)
+            billed_hash = items["key"].map(billed_hash_of)
             changed_after_billing = billed & (billed_hash != items["content_hash"])
 
             new = items[prior_state.isna()]
