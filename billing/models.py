@@ -258,6 +258,18 @@ def content_hash(worklogs: pd.DataFrame) -> pd.Series:
     return pd.util.hash_pandas_object(text, index=False).map("{:016x}".format)
 
 
+# Usage records (subscription quantities, GB stored, API calls ...) as a billing-support system sends them:
+# ``quantity`` is decimal text (exact), ``metric`` names a ``usage:`` entry of the rules.
+USAGE_COLUMNS: tuple[str, ...] = (
+    "key", "source_system", "instance", "object_type", "source_id", "customer_id", "metric", "quantity",
+    "occurred_on", "subscription_id", "period", "content_hash", "source_file", "source_row",
+)  # fmt: skip
+
+
+def empty_usage() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype=object) for name in USAGE_COLUMNS})
+
+
 # Row-level problems found while reading (a value that is not a number, a date that is no date ...).
 ISSUE_COLUMNS: tuple[str, ...] = ("key", "source_file", "source_row", "field", "value", "problem")
 
@@ -276,6 +288,7 @@ class WorkBatch:
     customer_problems: dict[str, str] = field(default_factory=dict)  # customer_id → why it is unusable
     notes: list[str] = field(default_factory=list)  # things worth telling the user (ignored columns ...)
     outside_period: int = 0  # rows that belong to another period and were left alone
+    usage: pd.DataFrame = field(default_factory=empty_usage)  # usage records of the period (USAGE_COLUMNS)
 
     @property
     def customers_by_id(self) -> dict[str, Customer]:
