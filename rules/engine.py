@@ -126,6 +126,19 @@ def non_billable_rule(
     return rule, names
 
 
+def agreement_running(customer_ids: np.ndarray, day: np.ndarray, rules: RuleSet) -> np.ndarray:
+    """For each row, the customer's agreement running on the day (the first that matches), else None."""
+    agreement = np.full(len(customer_ids), None, dtype=object)
+    for spec in rules.agreements:
+        running = (customer_ids == spec.customer) & (agreement == None)  # noqa: E711
+        if spec.starts:
+            running &= day >= np.datetime64(spec.starts, "ns")
+        if spec.ends:
+            running &= day <= np.datetime64(spec.ends, "ns")
+        agreement[running] = spec.id
+    return agreement
+
+
 def _apply_rates(frame: pd.DataFrame, rules: RuleSet) -> np.ndarray:
     """Override the table rates with the general ``rates:`` (precedence levels, effective dates).
 
@@ -140,15 +153,7 @@ def _apply_rates(frame: pd.DataFrame, rules: RuleSet) -> np.ndarray:
                          "service_type": frame["service_type"].astype(str).to_numpy(),
                          "currency": frame["currency"].astype(str).to_numpy(),
                          "role": frame["user"].map(rules.roles).to_numpy(dtype=object)})  # fmt: skip
-    agreement = np.full(len(frame), None, dtype=object)
-    for spec in rules.agreements:  # the customer's agreement running on the day (the first that matches)
-        running = (work["customer_id"].to_numpy() == spec.customer) & (agreement == None)  # noqa: E711
-        if spec.starts:
-            running &= day >= np.datetime64(spec.starts, "ns")
-        if spec.ends:
-            running &= day <= np.datetime64(spec.ends, "ns")
-        agreement[running] = spec.id
-    work["agreement_id"] = agreement
+    work["agreement_id"] = frame["agreement_id"].to_numpy(dtype=object)
     customer_currency = dict(zip(work["customer_id"], work["currency"], strict=False))
     keys_of_level = {0: ["service_type", "currency"], 1: ["customer_id", "service_type", "currency"],
                      2: ["agreement_id", "service_type", "currency"],
@@ -189,12 +194,12 @@ def _apply_rates(frame: pd.DataFrame, rules: RuleSet) -> np.ndarray:
 def _together(frame: pd.DataFrame, scope: str) -> pd.DataFrame:
     """Work logs billed alike (same customer, service, rate, multiplier) summed per ticket, day or line;
     a work log without a ticket stays on its own at ticket scope. ``item_keys`` lists what a line bills."""
-    alike = ["customer_id", "currency", "service_type", "rate_minor", "rate_source", "rate_kind", "multiplier_bp",
-             "modifier"]  # fmt: skip
+    alike = ["customer_id", "agreement_id", "currency", "service_type", "rate_minor", "rate_source", "rate_kind",
+             "multiplier_bp", "modifier"]  # fmt: skip
     group = {"ticket": frame["ticket_id"].fillna(frame["key"]), "day": frame["local_date"],
              "line": pd.Series(0, index=frame.index)}[scope]  # fmt: skip
     ordered = frame.assign(_group=group.to_numpy()).sort_values(["started_at", "key"])
-    lines = ordered.groupby([*alike, "_group"], observed=True, sort=False).agg(
+    lines = ordered.groupby([*alike, "_group"], observed=True, sort=False, dropna=False).agg(
         key=("key", "first"), item_keys=("key", tuple), source_id=("source_id", ", ".join),
         ticket_id=("ticket_id", "first"), user=("user", "first"), started_at=("started_at", "min"),
         local_date=("local_date", "min"), raw_seconds=("raw_seconds", "sum"),
@@ -303,6 +308,8 @@ def price(
             bp = int(factor * BASIS)
             hit = (priority == name) & (bp > multiplier)
             multiplier[hit], modifier[hit] = bp, MODIFIERS.index("priority")
+    day_ns = frame["local_date"].to_numpy().astype("datetime64[ns]")
+    frame["agreement_id"] = pd.Categorical(agreement_running(frame["customer_id"].to_numpy(), day_ns, rules))
     fixed = _apply_rates(frame, rules)
     rate = frame["rate_minor"].to_numpy()
     multiplier[fixed], modifier[fixed] = BASIS, 0  # a fixed amount is what was agreed, whenever the work

@@ -49,6 +49,7 @@ class TimeRounding(Strict):
 class Service(Strict):
     name: str
     billable: bool = True
+    tax_class: str | None = Field(None, description="product class for tax (taxes.rates[].product_classes)")
     rates: dict[Currency, Decimal] = Field(default_factory=dict, description="Hourly rate per currency.")
 
     @field_validator("rates")
@@ -95,22 +96,70 @@ class UsagePricing(Strict):
         return self
 
 
-class Discount(Strict):
-    """A percentage off a customer's invoice (off every customer's, without ``customer``), as its own line."""
-
-    id: str
-    customer: str | None = None
+class DiscountTier(Strict):
+    above: dict[Currency, Decimal] = Field(description="the tier applies when the subtotal is at least this")
     percent: Decimal = Field(gt=0, le=100)
 
 
-class Cap(Strict):
-    """Not to exceed: the work of one ticket on an invoice costs at most ``amount``; the excess is taken
-    off as a line of its own, so the invoice still adds up."""
+class Discount(Strict):
+    """Off a customer's invoice (every customer's, without ``customer``), after caps, as its own line: a
+    ``percent``, or volume ``tiers`` — the whole subtotal at the percent of the highest tier it reaches."""
 
     id: str
-    per: Literal["ticket"] = "ticket"
+    customer: str | None = None
+    percent: Decimal | None = Field(None, gt=0, le=100)
+    tiers: list[DiscountTier] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Discount:
+        if (self.percent is None) == (not self.tiers):
+            raise ValueError("a discount has either percent or tiers")
+        return self
+
+    def percent_for(self, subtotal: Decimal, currency: str) -> Decimal | None:
+        if self.percent is not None:
+            return self.percent
+        reached = [t for t in self.tiers if currency in t.above and subtotal >= t.above[currency]]
+        return max(reached, key=lambda t: t.above[currency]).percent if reached else None
+
+
+class Cap(Strict):
+    """Not to exceed: the work billed for one ticket (``per: ticket``, across periods), one agreement
+    (``per: agreement``, over its life) or one customer's period (``per: period``, across supplementary
+    invoices) costs at most ``amount``; the excess is taken off as a line of its own, so the invoice still
+    adds up. Fees, milestones and usage are not capped."""
+
+    id: str
+    per: Literal["ticket", "agreement", "period"] = "ticket"
+    customer: str | None = None
+    agreement: str | None = Field(None, description="for per: agreement")
+    amount: dict[Currency, Decimal]
+
+    @model_validator(mode="after")
+    def _agreement_named(self) -> Cap:
+        if (self.per == "agreement") != (self.agreement is not None):
+            raise ValueError("a cap per agreement names its agreement (and only it does)")
+        return self
+
+
+class TicketFee(Strict):
+    """A fixed price per ticket of a type (a password reset, a new-starter set-up): the ticket's work logs
+    are billed together as one line at this amount, whatever the time, once per ticket."""
+
+    id: str
+    ticket_type: str
     customer: str | None = None
     amount: dict[Currency, Decimal]
+
+
+class FxRate(Strict):
+    """1 ``base`` = ``rate`` ``quote``, from a date. Converts a service's rate when it has none in the
+    customer's currency (the latest rate on or before the day of the work applies)."""
+
+    base: Currency
+    quote: Currency
+    rate: Decimal = Field(gt=0, decimal_places=6)
+    effective_from: date = Field(date(1900, 1, 1), alias="from")
 
 
 class Milestone(Strict):
@@ -123,6 +172,19 @@ class Milestone(Strict):
     amount: dict[Currency, Decimal]
 
 
+class Prepaid(Strict):
+    """Prepaid hours (a retainer): a block granted every month the agreement runs (``refill: monthly``) or
+    once in its first month, drawn down by the agreement's hourly work in time order. Unused hours roll over
+    for ``rollover_months`` months, then expire (none: never). Work beyond the balance is overage, billed at
+    ``overage_rate`` when given, else at its normal rate."""
+
+    hours: Decimal = Field(gt=0, decimal_places=2)
+    refill: Literal["monthly", "once"] = "monthly"
+    rollover_months: int | None = Field(0, ge=0)
+    services: list[str] = Field(default_factory=list, description="services that draw from it; empty: all")
+    overage_rate: dict[Currency, Decimal] = Field(default_factory=dict, description="hourly rate beyond the block")
+
+
 class AgreementSpec(Strict):
     """A contract with a customer; work done while it runs is billed under it."""
 
@@ -133,6 +195,13 @@ class AgreementSpec(Strict):
     monthly_fee: dict[Currency, Decimal] = Field(
         default_factory=dict, description="a recurring fee per month, prorated by the days the agreement runs"
     )
+    prepaid: Prepaid | None = None
+
+    @model_validator(mode="after")
+    def _prepaid_starts(self) -> AgreementSpec:
+        if self.prepaid is not None and self.starts is None:
+            raise ValueError("an agreement with prepaid hours needs its starts date")
+        return self
 
 
 class Rate(Strict):
@@ -216,6 +285,9 @@ class TaxRate(Strict):
     id: str
     rate: Decimal = Field(ge=0, le=1, description="0.19 for 19 %")
     countries: list[str] = Field(default_factory=list, description="ISO 3166 codes of the customers it applies to")
+    product_classes: list[str] = Field(
+        default_factory=list, description="only for services of these tax classes; empty: the country's standard"
+    )
 
 
 class Taxes(Strict):
@@ -231,8 +303,14 @@ class Taxes(Strict):
     rates: list[TaxRate] = Field(default_factory=list)
     otherwise: TaxRate = TaxRate(id="no-tax", rate=Decimal(0))
 
-    def for_country(self, country: str | None) -> TaxRate:
-        return next((t for t in self.rates if country in t.countries), self.otherwise)
+    def for_country(self, country: str | None, tax_class: str | None = None) -> TaxRate:
+        """The rate for the customer's country and the product's class: a rate for that class first, then
+        the country's standard rate (one without classes)."""
+        if tax_class is not None:
+            special = next((t for t in self.rates if country in t.countries and tax_class in t.product_classes), None)
+            if special is not None:
+                return special
+        return next((t for t in self.rates if country in t.countries and not t.product_classes), self.otherwise)
 
 
 class CustomerSpec(Strict):
@@ -286,6 +364,8 @@ class RuleSet(Strict):
     agreements: list[AgreementSpec] = Field(default_factory=list)
     usage: dict[str, UsagePricing] = Field(default_factory=dict, description="metric → pricing")
     caps: list[Cap] = Field(default_factory=list)
+    ticket_fees: list[TicketFee] = Field(default_factory=list, description="a fixed price per ticket of a type")
+    fx: list[FxRate] = Field(default_factory=list, description="exchange rates for rates in another currency")
     milestones: list[Milestone] = Field(default_factory=list)
     discounts: list[Discount] = Field(default_factory=list)
     roles: dict[str, str] = Field(default_factory=dict, description="user → role, for role rates")
@@ -315,6 +395,13 @@ class RuleSet(Strict):
                 raise ValueError(f"rates.{number}.role: a role rate belongs to an agreement")
             if rate.level == 0 and rate.currency is None:
                 raise ValueError(f"rates.{number}.currency: a service default needs its currency")
+        for number, cap in enumerate(self.caps):
+            if cap.agreement and cap.agreement not in agreements:
+                raise ValueError(f"caps.{number}.agreement: unknown agreement {cap.agreement!r}")
+        for number, spec in enumerate(self.agreements):
+            for service in spec.prepaid.services if spec.prepaid else []:
+                if service not in self.services:
+                    raise ValueError(f"agreements.{number}.prepaid.services: unknown service {service!r}")
         return self
 
     def money_rounding(self, currency: str) -> Rounding:

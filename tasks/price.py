@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -12,10 +13,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from billing.ledger import Ledger, WorkState
-from billing.models import ChargeLine, InvoiceDraft, WorkBatch
+from billing.models import ChargeLine, DraftState, InvoiceDraft, WorkBatch
 from billing.money import format_money
 from billing.settings import Settings
-from rules.adjustments import adjust
+from rules.adjustments import adjust, prior_cap_use
 from rules.engine import agreement_fees, explain, milestones_due, price, quantity
 from rules.schema import RuleSet, load_rules
 from tasks.extract import make_source
@@ -70,15 +71,21 @@ def _rule_lines_to_bill(ledger: Ledger, batch: WorkBatch, rules: RuleSet) -> pd.
 def build_drafts(settings: Settings, batch: WorkBatch, lines: pd.DataFrame) -> list[InvoiceDraft]:
     """Group charge lines into drafts and make them the period's unposted drafts in the ledger."""
     ledger = Ledger(settings.resolved_ledger_url)
-    drafts = group_drafts(batch, lines, load_rules(settings.rules_file), ledger.posted_versions(batch.period))
+    posted = ledger.drafts(states=[DraftState.POSTED])
+    drafts = group_drafts(batch, lines, load_rules(settings.rules_file), ledger.posted_versions(batch.period), posted)
     ledger.save_drafts(batch.period, drafts, actor="draft")
     return drafts
 
 
 def group_drafts(
-    batch: WorkBatch, lines: pd.DataFrame, rules: RuleSet, posted: dict[tuple[str, str, str], int]
+    batch: WorkBatch,
+    lines: pd.DataFrame,
+    rules: RuleSet,
+    posted: dict[tuple[str, str, str], int],
+    history: Sequence[InvoiceDraft] = (),
 ) -> list[InvoiceDraft]:
-    """One draft per customer × agreement × currency; ``posted`` versions make the next one supplementary."""
+    """One draft per customer × agreement × currency; ``posted`` versions make the next one supplementary.
+    ``history``: the invoices posted so far, which caps look back on."""
     customers = batch.customers_by_id
     drafts = []
     ordered = lines.sort_values(["customer_id", "currency", "started_at", "source_id"])
@@ -97,7 +104,8 @@ def group_drafts(
             for text in [_texts(row, rules)]
         )  # fmt: skip
         tickets = {k: t for k, t in zip(group["key"], group["ticket_id"], strict=True) if _present(t)}
-        charge_lines += tuple(adjust(list(charge_lines), tickets, rules, rules.money_rounding(currency)))
+        prior = prior_cap_use(history, customer_id, currency, batch.period, rules)
+        charge_lines += tuple(adjust(list(charge_lines), tickets, rules, rules.money_rounding(currency), prior))
         version = posted.get((customer_id, "default", currency), 0) + 1
         tax = rules.taxes.for_country(customer.country)
         drafts.append(InvoiceDraft(
@@ -158,6 +166,9 @@ def _trace(row: dict[str, Any], rule_set: str, explanation: str) -> dict[str, An
         "raw_seconds": int(row["raw_seconds"]),
         "billed_seconds": int(row["billed_seconds"]),
         "money_rounding": row["money_rounding"],
+        "line_kind": row.get("object_type") if _present(row.get("object_type")) else "work",
+        "ticket": row["ticket_id"] if _present(row.get("ticket_id")) else None,
+        "agreement": row["agreement_id"] if _present(row.get("agreement_id")) else None,
         "explanation": explanation,
     }
 
