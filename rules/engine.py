@@ -429,10 +429,17 @@ def explain(line: dict[str, object], service_name: str, rules: RuleSet) -> str:
             f"fixed {format_money(int(line['unit_price_minor']), cur)} per work log from {line['rate_source']} "
             f"({int(line['raw_seconds']) // 60} min worked)"
         )
-    parts = [
-        f"{quantity(int(line['quantity_centi']))} h × {format_money(int(line['unit_price_minor']), cur)}",
-        f"{service_name} at {format_money(int(line['rate_minor']), cur)}/h from {line['rate_source']}",
-    ]
+    drawn = int(line.get("drawn_centi") or 0)  # type: ignore[call-overload]
+    if drawn:
+        parts = [f"{quantity(drawn)} h {service_name} drawn from the prepaid hours of agreement "
+                 f"{line['prepaid_agreement']} ({quantity(int(line['prepaid_left_centi']))} h left after it)"]  # type: ignore[call-overload]  # fmt: skip
+    else:
+        parts = [
+            f"{quantity(int(line['quantity_centi']))} h × {format_money(int(line['unit_price_minor']), cur)}",
+            f"{service_name} at {format_money(int(line['rate_minor']), cur)}/h from {line['rate_source']}",
+        ]
+    if line.get("overage") is True:
+        parts.append(f"overage beyond the prepaid hours of agreement {line['prepaid_agreement']}")
     if line["modifier"]:
         parts.append(f"{str(line['modifier']).replace('_', '-')} ×{Decimal(int(line['multiplier_bp'])) / BASIS}")
     worked = int(line["raw_seconds"]) // 60

@@ -18,6 +18,7 @@ from billing.money import format_money
 from billing.settings import Settings
 from rules.adjustments import adjust, prior_cap_use
 from rules.engine import agreement_fees, explain, milestones_due, price, quantity
+from rules.retainers import balances, draw_down
 from rules.schema import RuleSet, load_rules
 from tasks.extract import make_source
 from tasks.validate import check_worklogs
@@ -88,6 +89,7 @@ def group_drafts(
     ``history``: the invoices posted so far, which caps look back on."""
     customers = batch.customers_by_id
     drafts = []
+    lines = draw_down(lines, rules, balances(rules, batch.period, history))
     ordered = lines.sort_values(["customer_id", "currency", "started_at", "source_id"])
     for (customer_id, currency), group in ordered.groupby(["customer_id", "currency"], sort=True):
         customer = customers[customer_id]
@@ -149,6 +151,10 @@ def _description(row: dict[str, Any], service_name: str) -> str:
         parts.insert(1, str(row["ticket_id"]))
     if _present(row["modifier"]):
         parts.append(str(row["modifier"]).replace("_", "-"))
+    if int(row.get("drawn_centi") or 0) > 0:
+        parts.append("prepaid")
+    elif row.get("overage") is True:
+        parts.append("overage")
     if _present(row["note"]):
         parts.append(str(row["note"]))
     return " · ".join(parts)
@@ -170,7 +176,15 @@ def _trace(row: dict[str, Any], rule_set: str, explanation: str) -> dict[str, An
         "ticket": row["ticket_id"] if _present(row.get("ticket_id")) else None,
         "agreement": row["agreement_id"] if _present(row.get("agreement_id")) else None,
         "explanation": explanation,
-    }
+    } | _prepaid(row)
+
+
+def _prepaid(row: dict[str, Any]) -> dict[str, Any]:
+    """What a line drew from prepaid hours, or that it is overage beyond them."""
+    if int(row.get("drawn_centi") or 0) > 0:
+        return {"prepaid": {"agreement": row["prepaid_agreement"], "drawn_centi": int(row["drawn_centi"]),
+                            "left_centi": int(row["prepaid_left_centi"])}}  # fmt: skip
+    return {"overage": row["prepaid_agreement"]} if row.get("overage") is True else {}
 
 
 price_stage = task(price_work, name="price", cache_policy=NO_CACHE)

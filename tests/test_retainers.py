@@ -1,0 +1,101 @@
+"""Prepaid hours (retainers) against balances and amounts computed by hand."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import pandas as pd
+
+from billing.models import ChargeLine, InvoiceDraft, WorkBatch
+from rules.engine import price
+from rules.retainers import balance, balances, draw_down
+from rules.schema import AgreementSpec, Prepaid
+from tasks.price import group_drafts
+from tests.test_engine import CUSTOMERS, rules_with, worklogs
+
+
+def block(hours: str = "10", **prepaid: Any) -> AgreementSpec:
+    return AgreementSpec(id="R", customer="GLOBEX", starts=date(2026, 9, 1),
+                         prepaid=Prepaid(hours=Decimal(hours), **prepaid))  # fmt: skip
+
+
+def test_unused_hours_roll_over_for_the_months_allowed_then_expire() -> None:
+    assert balance(block(), "2026-09", {}) == 1000
+    assert balance(block(), "2026-10", {"2026-09": 400}) == 1000  # September's 6 h expired with September
+    rolling = block(rollover_months=1)
+    assert balance(rolling, "2026-10", {"2026-09": 400}) == 1600  # 6 h rolled over + 10 h
+    # October drew 12 h: September's 6 h first (they expire), then 6 of October's → 4 h roll into November.
+    assert balance(rolling, "2026-11", {"2026-09": 400, "2026-10": 1200}) == 1400
+    assert balance(rolling, "2026-10", {"2026-09": 400, "2026-10": 500}) == 1100  # a supplementary invoice
+    once = block("40", refill="once", rollover_months=None)
+    assert balance(once, "2026-12", {"2026-09": 3000}) == 1000  # bought once, never expires
+    assert balance(once, "2027-01", {"2026-09": 3000, "2026-12": 1000}) == 0
+
+
+def prepaid_rules(**prepaid: Any) -> Any:
+    return rules_with(agreements=[{"id": "R", "customer": "GLOBEX", "starts": "2026-09-01",
+                                   "prepaid": {"hours": "6", **prepaid}}])  # fmt: skip
+
+
+# GLOBEX, remote support at 95.00 EUR/h; 3 h, 4 h, then 5 h after hours (×1.5), in time order.
+WORK = worklogs(("GLOBEX", "remote_support", "2026-10-06T09:00Z", 180),
+                ("GLOBEX", "remote_support", "2026-10-07T09:00Z", 240),
+                ("GLOBEX", "remote_support", "2026-10-08T17:00Z", 300))  # fmt: skip
+
+
+def test_work_draws_the_block_in_time_order_and_overage_is_billed_at_its_rate() -> None:
+    rules = prepaid_rules(overage_rate={"EUR": "130.00"})
+    lines = draw_down(price(WORK, CUSTOMERS, rules).lines, rules, {"R": 600})
+    shown = lines.sort_values(["started_at", "drawn_centi"], ascending=[True, False])
+    columns = ["source_id", "quantity_centi", "unit_price_minor", "amount_minor", "drawn_centi"]
+    assert shown[columns].values.tolist() == [
+        ["WL-1", 300, 0, 0, 300],  # 3 h drawn, 3 h left
+        ["WL-2", 300, 0, 0, 300],  # crosses the end of the block: 3 h drawn ...
+        ["WL-2", 100, 13000, 13000, 0],  # ... and 1 h overage at 130.00
+        ["WL-3", 500, 19500, 97500, 0],  # 5 h overage, after hours: 130.00 × 1.5
+    ]
+    assert lines["prepaid_left_centi"][lines["drawn_centi"] > 0].tolist() == [300, 0]
+    assert (lines["quantity_centi"] * lines["unit_price_minor"] // 100 == lines["amount_minor"]).all()
+
+
+def test_without_an_overage_rate_overage_is_billed_at_the_normal_rate() -> None:
+    rules = prepaid_rules(services=["remote_support"])
+    lines = draw_down(price(WORK, CUSTOMERS, rules).lines, rules, {"R": 650})
+    # 7 h before the after-hours log, 6.5 h prepaid: 0.5 h overage at 95.00, then 5 h × 142.50.
+    assert lines["amount_minor"].sum() == 50 * 9500 // 100 + 500 * 14250 // 100
+
+
+def batch(work: pd.DataFrame) -> WorkBatch:
+    return WorkBatch(source_system="test", instance="t", period="2026-10", customers=CUSTOMERS,
+                     tickets=pd.DataFrame({"ticket_id": []}), worklogs=work, issues=pd.DataFrame())  # fmt: skip
+
+
+def test_a_supplementary_invoice_draws_only_what_the_first_left() -> None:
+    rules = prepaid_rules(overage_rate={"EUR": "130.00"})
+    first = group_drafts(batch(WORK.iloc[:1]), price(WORK.iloc[:1], CUSTOMERS, rules).lines, rules, {})
+    (line,) = first[0].lines
+    assert (line.amount_minor, line.trace["prepaid"]) == (0, {"agreement": "R", "drawn_centi": 300, "left_centi": 300})
+    assert "3.00 h Remote support drawn from the prepaid hours of agreement R (3.00 h left" in line.trace["explanation"]
+    assert "prepaid" in line.description
+    history = [first[0]]
+    assert balances(rules, "2026-10", history) == {"R": 300}
+    later = WORK.iloc[1:]
+    second = group_drafts(batch(later), price(later, CUSTOMERS, rules).lines, rules, {}, history)
+    amounts = sorted(li.amount_minor for li in second[0].lines)
+    assert amounts == [0, 13000, 97500]  # 3 h drawn, 1 h + 5 h overage: nothing drawn twice
+    assert second[0].total_minor == 110500
+    over = next(li for li in second[0].lines if li.amount_minor == 13000)
+    assert over.trace["overage"] == "R" and "overage beyond the prepaid hours" in over.trace["explanation"]
+
+
+def test_a_month_with_nothing_left_bills_everything_as_overage() -> None:
+    rules = prepaid_rules()
+    spent = InvoiceDraft(customer_id="GLOBEX", period="2026-10", currency="EUR", version=1, lines=(
+        ChargeLine(customer_id="GLOBEX", period="2026-10", currency="EUR", service_type="remote_support",
+                   description="x", quantity_raw=Decimal(6), quantity_billed=Decimal(6), unit_price_minor=0,
+                   amount_minor=0, trace={"prepaid": {"agreement": "R", "drawn_centi": 600, "left_centi": 0}}),
+    ))  # fmt: skip
+    drafts = group_drafts(batch(WORK), price(WORK, CUSTOMERS, rules).lines, rules, {}, [spent])
+    assert drafts[0].total_minor == 300 * 9500 // 100 + 400 * 9500 // 100 + 500 * 14250 // 100
