@@ -25,10 +25,12 @@ from billing.errors import ConfigurationError, InputError
 from billing.models import (
     ISSUE_COLUMNS,
     PERIOD_RE,
+    USAGE_COLUMNS,
     WORKLOG_COLUMNS,
     Customer,
     WorkBatch,
     content_hash,
+    empty_usage,
     previous_month,
 )
 
@@ -56,6 +58,9 @@ WORKLOGS = EntitySchema(
     "worklogs",
     ("worklog_id", "customer_id", "service_type", "started_at", "duration_minutes"),
     ("ticket_id", "user", "billable", "note"),
+)
+USAGE = EntitySchema(
+    "usage", ("record_id", "customer_id", "metric", "quantity", "occurred_on"), ("subscription_id",)
 )
 TRUE_WORDS = {"true", "yes", "y", "1", ""}  # an empty "billable" means billable
 FALSE_WORDS = {"false", "no", "n", "0"}
@@ -254,11 +259,47 @@ class FileDropSource:
                 tickets[column].replace("", None), utc=True, errors="coerce", format="ISO8601"
             )
         worklogs, issues, outside = self._worklogs(period, customers, notes)
+        usage, usage_issues = self._usage(period, notes)
         return WorkBatch(
             source_system=SYSTEM, instance=self.instance, period=period, customers=customers,
-            tickets=tickets, worklogs=worklogs, issues=issues, customer_problems=customer_problems,
-            notes=notes, outside_period=outside,
+            tickets=tickets, worklogs=worklogs, issues=pd.concat([issues, usage_issues], ignore_index=True),
+            customer_problems=customer_problems, notes=notes, outside_period=outside, usage=usage,
         )  # fmt: skip
+
+    def _usage(self, period: str, notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The optional usage file (subscription quantities a billing-support system exports), this period's
+        rows; a quantity that is no number (up to 3 decimals) or a day that is no date is an issue."""
+        if not any((self.folder / f"usage{ext}").exists() for ext in (".csv", ".json", ".jsonl")):
+            return empty_usage(), pd.DataFrame(columns=list(ISSUE_COLUMNS))
+        path = _find(self.folder, USAGE)
+        frame, more = read_table(path, USAGE)
+        notes += more
+        ids = frame["record_id"]
+        prefix = f"{SYSTEM}:{self.instance}:usage:"
+        frame["key"] = np.where(ids != "", prefix + ids, f"{prefix}@{path.name}:" + frame["source_row"].astype(str))
+        day = pd.to_datetime(frame["occurred_on"].replace("", None), errors="coerce", format="ISO8601")
+        quantity = frame["quantity"].str.strip()
+        problems = [
+            _issues(ids == "", frame, "record_id", "record_id is empty", path),
+            _issues(day.isna(), frame, "occurred_on", "occurred_on is not a date (YYYY-MM-DD)", path),
+            _issues(~quantity.str.fullmatch(r"\d{1,12}(\.\d{1,3})?"), frame, "quantity",
+                    "quantity is not a number of units (at most 3 decimals, not negative)", path),
+        ]  # fmt: skip
+        in_period = (day.dt.strftime("%Y-%m") == period) | day.isna()
+        frame, day = frame.loc[in_period], day[in_period]
+        usage = pd.DataFrame({
+            "key": frame["key"], "source_system": SYSTEM, "instance": self.instance, "object_type": "usage",
+            "source_id": frame["record_id"], "customer_id": frame["customer_id"].replace("", None),
+            "metric": frame["metric"].replace("", None), "quantity": frame["quantity"].str.strip(),
+            "occurred_on": day.dt.date, "subscription_id": frame["subscription_id"].replace("", None),
+            "period": period, "source_file": path.name, "source_row": frame["source_row"],
+        })  # fmt: skip
+        usage["content_hash"] = pd.util.hash_pandas_object(
+            usage[["source_id", "customer_id", "metric", "quantity", "occurred_on"]].astype(str), index=False
+        ).map("{:016x}".format)
+        issues = pd.concat(problems, ignore_index=True)
+        issues = issues[issues["key"].isin(usage["key"])].reset_index(drop=True)[list(ISSUE_COLUMNS)]
+        return usage[list(USAGE_COLUMNS)].reset_index(drop=True), issues
 
     def _customers(self, notes: list[str]) -> tuple[list[Customer], dict[str, str]]:
         path = _find(self.folder, CUSTOMERS)

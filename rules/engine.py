@@ -215,7 +215,7 @@ TICKET_FIELDS = {"priority": "ticket_priority", "status": "ticket_status", "tick
 
 def _with_ticket_fields(worklogs: pd.DataFrame, tickets: pd.DataFrame | None, rules: RuleSet) -> pd.DataFrame:
     """Add the ticket's priority, status and type to each work log, only when a rule asks for them."""
-    needed = bool(rules.modifiers.priority) or any(
+    needed = bool(rules.modifiers.priority or rules.ticket_fees) or any(
         c in ("ticket_status", "ticket_type") for spec in rules.non_billable for c in spec.when
     )
     if not needed:
@@ -232,7 +232,7 @@ def _with_ticket_fields(worklogs: pd.DataFrame, tickets: pd.DataFrame | None, ru
 
 # What a charge line keeps of its work log (the rest stays in the ledger).
 CARRIED_COLUMNS = ("key", "source_id", "ticket_id", "customer_id", "user", "service_type", "started_at",
-                   "raw_seconds", "note", "ticket_priority")  # fmt: skip
+                   "raw_seconds", "note", "ticket_priority", "ticket_type")  # fmt: skip
 
 
 def price(
@@ -342,7 +342,54 @@ def price(
         np.array([rounding_names.index(m.value) for m in modes] + [0], dtype="int64")[currency_code],
         categories=rounding_names or ["half_up"],
     )
+    if rules.ticket_fees and "ticket_type" in frame:
+        frame = _ticket_fees(frame, rules)
     return PricingResult(lines=frame, non_billable=non_billable, unpriceable=pd.concat(problems, ignore_index=True))
+
+
+def _ticket_fees(frame: pd.DataFrame, rules: RuleSet) -> pd.DataFrame:
+    """The work of a ticket with a fixed price per type, as one line at that price per ticket (its key
+    ``ticket-fee:<rule>:<ticket>`` lets the caller bill it once, whatever the periods the work spans)."""
+    rule = np.full(len(frame), -1, dtype="int64")
+    ticket_type = frame["ticket_type"].to_numpy(dtype=object)
+    customer, currency = frame["customer_id"].to_numpy(dtype=object), frame["currency"].astype(str).to_numpy()
+    for number, spec in enumerate(rules.ticket_fees):
+        hit = (ticket_type == spec.ticket_type) & (rule < 0) & np.isin(currency, list(spec.amount))
+        if spec.customer:
+            hit &= customer == spec.customer
+        rule[hit] = number
+    if not (rule >= 0).any():
+        return frame
+    covered = frame[rule >= 0].assign(fee_rule=rule[rule >= 0])
+    keys = covered["key"] if "item_keys" not in covered else covered["item_keys"]
+    covered = covered.assign(_items=[k if isinstance(k, tuple) else (k,) for k in keys])
+    fees = covered.sort_values(["started_at", "key"]).groupby(["fee_rule", "ticket_id"], sort=True).agg(
+        customer_id=("customer_id", "first"), currency=("currency", "first"), user=("user", "first"),
+        started_at=("started_at", "min"), local_date=("local_date", "min"), raw_seconds=("raw_seconds", "sum"),
+        item_keys=("_items", lambda items: tuple(k for group in items for k in group)),
+        source_id=("source_id", ", ".join), ticket_type=("ticket_type", "first"),
+    ).reset_index()  # fmt: skip
+    rows = []
+    for fee in fees.itertuples():  # one per ticket: few
+        spec = rules.ticket_fees[fee.fee_rule]
+        amount = to_minor(spec.amount[fee.currency], fee.currency)
+        rows.append({
+            "key": (key := f"ticket-fee:{spec.id}:{fee.ticket_id}"), "item_keys": (key, *fee.item_keys),
+            "source_id": fee.source_id,
+            "ticket_id": fee.ticket_id, "customer_id": fee.customer_id, "user": fee.user,
+            "service_type": "ticket_fee", "started_at": fee.started_at, "raw_seconds": int(fee.raw_seconds),
+            "note": "", "currency": fee.currency, "rate_minor": amount, "rate_source": f"ticket_fees[{fee.fee_rule}]",
+            "local_date": fee.local_date, "multiplier_bp": BASIS, "modifier": "", "rate_kind": "fixed",
+            "billed_seconds": int(fee.raw_seconds), "quantity_centi": CENTI_HOURS, "unit_price_minor": amount,
+            "amount_minor": amount, "money_rounding": rules.money_rounding(fee.currency).value,
+            "description": f"{fee.ticket_id} · fixed price per {spec.ticket_type} ticket ({spec.id})",
+            "object_type": "ticket_fee",
+        })  # fmt: skip
+    rest = frame[rule < 0]
+    for column in ("currency", "rate_source", "modifier", "rate_kind", "money_rounding", "agreement_id"):
+        if column in rest and isinstance(rest[column].dtype, pd.CategoricalDtype):
+            rest = rest.assign(**{column: rest[column].astype(object)})
+    return pd.concat([rest, pd.DataFrame(rows)], ignore_index=True)
 
 
 def agreement_fees(customers: list[Customer], rules: RuleSet, period: str) -> pd.DataFrame:

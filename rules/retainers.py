@@ -77,9 +77,9 @@ def draw_down(lines: pd.DataFrame, rules: RuleSet, available: dict[str, int]) ->
         return lines
     lines = lines.reset_index(drop=True).assign(prepaid_agreement=None, drawn_centi=0, prepaid_left_centi=0,
                                                 overage=False)  # fmt: skip
-    hourly = (lines["rate_kind"].astype(str) == "hourly").to_numpy()
+    hourly = (lines["rate_kind"].astype(str) == "hourly").to_numpy(copy=True)
     if "object_type" in lines:
-        hourly &= lines["object_type"].isna().to_numpy()
+        hourly = hourly & lines["object_type"].isna().to_numpy()
     agreement = lines["agreement_id"].astype(object).to_numpy()
     extra = []
     for number, spec in enumerate(rules.agreements):

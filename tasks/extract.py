@@ -50,8 +50,15 @@ def extract_work(settings: Settings, period: str) -> WorkBatch:
     if changed:
         notes.append(f"{changed} work log(s) changed after they were billed: reported for correction")
     worklogs = batch.worklogs[batch.worklogs["key"].isin(todo)].reset_index(drop=True)
+    usage = batch.usage
+    if len(usage):  # usage records are work items too: billed once, whatever the reruns
+        seen_usage = ledger.register(usage.drop_duplicates("key"), actor=f"extract:{batch.source_system}")
+        todo |= set(seen_usage.loc[seen_usage["process"], "key"])
+        if billed := int((~seen_usage["process"]).sum()):
+            notes.append(f"{billed} usage record(s) already billed: skipped")
+        usage = usage[usage["key"].isin(todo)].reset_index(drop=True)
     issues = batch.issues[batch.issues["key"].isin(todo)].reset_index(drop=True)
-    return replace(batch, worklogs=worklogs, issues=issues, notes=notes)
+    return replace(batch, worklogs=worklogs, issues=issues, notes=notes, usage=usage)
 
 
 extract = task(extract_work, name="extract", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

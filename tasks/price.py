@@ -20,6 +20,7 @@ from rules.adjustments import adjust, prior_cap_use
 from rules.engine import agreement_fees, explain, milestones_due, price, quantity
 from rules.retainers import balances, draw_down
 from rules.schema import RuleSet, load_rules
+from rules.usage import usage_lines
 from tasks.extract import make_source
 from tasks.validate import check_worklogs
 
@@ -41,10 +42,64 @@ def price_work(settings: Settings, batch: WorkBatch, valid: pd.DataFrame) -> pd.
         actor="price",
         reasons=result.unpriceable["reason"].tolist(),
     )
-    priced = result.lines["item_keys"].explode() if "item_keys" in result.lines else result.lines["key"]
-    ledger.set_state(priced.tolist(), WorkState.PRICED, actor="price")
+    work = _bill_ticket_fees_once(ledger, batch, rules, result.lines)
+    ledger.set_state(line_items(work), WorkState.PRICED, actor="price")
+    usage, refused = usage_to_price(batch, rules)
+    ledger.set_state(list(refused), WorkState.QUARANTINED, actor="price:usage", reasons=list(refused.values()))
+    metered = usage_lines(usage, batch.customers, rules, batch.period)
+    ledger.set_state(line_items(metered), WorkState.PRICED, actor="price")
     made = _rule_lines_to_bill(ledger, batch, rules)
-    return pd.concat([result.lines, made], ignore_index=True) if len(made) else result.lines
+    parts = [p for p in (work, metered, made) if len(p)]
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else work if not parts else parts[0]
+
+
+def _bill_ticket_fees_once(ledger: Ledger, batch: WorkBatch, rules: RuleSet, lines: pd.DataFrame) -> pd.DataFrame:
+    """A ticket's fixed price is a work item of its own (``ticket-fee:<rule>:<ticket>``): billed with the
+    first work on the ticket; later work on it is settled as non-billable, covered by that price."""
+    if "object_type" not in lines or not (fees := lines[lines["object_type"] == "ticket_fee"]).size:
+        return lines
+    items = fees.assign(source_system="rules", instance=rules.name, period=batch.period,
+                        content_hash=fees["amount_minor"].astype(str))  # fmt: skip
+    seen = ledger.register(items, actor="price:ticket-fees")
+    billed = fees[fees["key"].isin(set(seen.loc[~seen["process"], "key"]))]
+    covered: list[str] = []
+    reasons: list[str] = []
+    for source, keys in zip(billed["rate_source"], billed["item_keys"], strict=True):  # one per ticket
+        covered += keys[1:]
+        reasons += [f"{source}: covered by the ticket's fixed price, billed before"] * (len(keys) - 1)
+    ledger.set_state(covered, WorkState.NON_BILLABLE, actor="price:ticket-fees", reasons=reasons)
+    return lines.drop(index=billed.index)
+
+
+def usage_to_price(batch: WorkBatch, rules: RuleSet) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The usage records that can be priced, and the reason for each that cannot (quarantined)."""
+    usage = batch.usage
+    if usage.empty:
+        return usage, {}
+    reasons: dict[str, str] = {}
+    for issue in batch.issues[batch.issues["key"].isin(usage["key"])].itertuples():
+        reasons[issue.key] = f"{issue.problem}: {issue.value!r} ({issue.source_file} row {issue.source_row})"
+    known = {c.customer_id for c in batch.customers} - set(batch.customer_problems)
+    where = usage["source_file"] + " row " + usage["source_row"].astype(str)
+    checks = [  # (rows failing, the field shown, what it means)
+        (usage["key"].duplicated(keep=False), "source_id", "the usage record id appears more than once"),
+        (~usage["customer_id"].isin(known), "customer_id", "unknown customer"),
+        (~usage["metric"].isin(list(rules.usage)), "metric", "unknown metric (not under usage: in the rules file)"),
+    ]
+    for failed, field, says in checks:
+        for key, value, at in zip(usage["key"][failed], usage[field][failed], where[failed], strict=True):
+            reasons.setdefault(key, f"{says}: {field}={value!r} ({at})")
+    return usage[~usage["key"].isin(reasons)], reasons
+
+
+def line_items(lines: pd.DataFrame) -> list[str]:
+    """The work items the lines bill: their ``item_keys`` when they bill several, else their own key."""
+    if lines.empty:
+        return []
+    if "item_keys" not in lines:
+        return lines["key"].tolist()
+    several = lines["item_keys"].notna()
+    return [*lines.loc[several, "item_keys"].explode().tolist(), *lines.loc[~several, "key"].tolist()]
 
 
 def rule_lines(batch: WorkBatch, rules: RuleSet) -> pd.DataFrame:
@@ -121,6 +176,10 @@ def group_drafts(
 
 def _texts(row: dict[str, Any], rules: RuleSet) -> tuple[str, str]:
     """The line's description and the sentence that explains its amount."""
+    if row.get("object_type") == "usage":
+        q, unit = quantity(int(row["quantity_centi"])), format_money(int(row["unit_price_minor"]), str(row["currency"]))
+        amount = format_money(int(row["amount_minor"]), str(row["currency"]))
+        return str(row["description"]), f"{row['description']}: {q} × {unit} = {amount} ({row['rate_source']})"
     if _present(row.get("description")):  # a line the rules made (a fee, a milestone): its own words
         amount = format_money(int(row["amount_minor"]), str(row["currency"]))
         full = format_money(int(row["rate_minor"]), str(row["currency"]))
@@ -132,7 +191,8 @@ def _texts(row: dict[str, Any], rules: RuleSet) -> tuple[str, str]:
 
 def _items(row: dict[str, Any]) -> tuple[str, ...]:
     """The work items a line bills: several when the rules round them together, else its own."""
-    return tuple(row.get("item_keys") or (row["key"],))
+    keys = row.get("item_keys")
+    return tuple(keys) if isinstance(keys, tuple | list) else (row["key"],)
 
 
 def _hours(seconds: int) -> Decimal:

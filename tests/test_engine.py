@@ -306,3 +306,22 @@ def test_a_milestone_is_due_in_the_period_its_ticket_is_done() -> None:
     assert due[["key", "amount_minor", "quantity_centi", "unit_price_minor"]].values.tolist() == [
         ["milestone:m1", 120000, 100, 120000]
     ]
+
+
+def test_a_ticket_type_with_a_fixed_price_is_billed_as_one_line_per_ticket() -> None:
+    rules = rules_with(ticket_fees=[{"id": "reset", "customer": "GLOBEX", "ticket_type": "password_reset",
+                                     "amount": {"EUR": "25.00"}}])  # fmt: skip
+    frame = worklogs(("GLOBEX", "remote_support", "2026-10-07T08:00Z", 40),
+                     ("GLOBEX", "remote_support", "2026-10-07T09:00Z", 70),
+                     ("GLOBEX", "remote_support", "2026-10-08T09:00Z", 30),
+                     ("ACME", "remote_support", "2026-10-08T09:00Z", 30))  # fmt: skip
+    frame["ticket_id"] = ["T-1", "T-1", "T-2", "T-3"]
+    tickets = pd.DataFrame({"ticket_id": ["T-1", "T-2", "T-3"], "ticket_type": ["password_reset", "incident",
+                                                                                "password_reset"]})  # fmt: skip
+    lines = price(frame, CUSTOMERS, rules, tickets).lines
+    fee = lines[lines["object_type"] == "ticket_fee"]
+    assert fee[["key", "amount_minor", "quantity_centi", "raw_seconds"]].values.tolist() == [
+        ["ticket-fee:reset:T-1", 2500, 100, 110 * 60]  # 110 minutes, one flat price
+    ]
+    assert fee["item_keys"].iloc[0] == ("ticket-fee:reset:T-1", "t:1", "t:2")
+    assert sorted(lines.loc[lines["object_type"] != "ticket_fee", "source_id"]) == ["WL-3", "WL-4"]  # ACME: no fee

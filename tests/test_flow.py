@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -274,3 +275,64 @@ def test_agreement_fees_are_billed_once_and_prorated(run: Callable[..., dict[str
     second = run(rules=rules)
     assert second["new_postings"] == 0
     assert second["work_items_total"] == first["work_items_total"] == 503 + 3  # two fees and a milestone
+
+
+USAGE_CSV = """record_id,customer_id,metric,quantity,occurred_on,subscription_id
+U-1,ACME,backup_gb,1000.25,2026-10-31,SUB-7
+U-2,ACME,backup_gb,250.25,2026-10-31,SUB-8
+U-3,ACME,m365_seats,60,2026-10-31,SUB-9
+U-4,INITECH,backup_gb,20,2026-10-31,SUB-10
+U-5,INITECH,backup_gb,lots,2026-10-31,SUB-10
+U-6,INITECH,teleport_minutes,5,2026-10-31,SUB-11
+U-7,NOBODY,backup_gb,5,2026-10-31,SUB-12
+U-8,ACME,backup_gb,999,2026-09-30,SUB-7
+"""
+
+
+def test_managed_services_usage_prepaid_hours_and_ticket_fees_are_billed_once(
+    run: Callable[..., dict[str, Any]], settings: Settings, tmp_path: Path
+) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(SAMPLE, export)
+    (export / "usage.csv").write_text(USAGE_CSV)
+    rules = str(DEMO_RULES.with_name("managed-services.yaml"))
+    first = run(input_dir=str(export), rules=rules)
+    lines = {i["customer"]: i["lines"] for i in first["invoices"]}
+    usage = {(c, li["description"]): li["amount_minor"] for c, ls in lines.items() for li in ls
+             if li["description"].startswith(("Cloud backup", "Microsoft 365"))}  # fmt: skip
+    assert usage == {
+        ("ACME", "Cloud backup (GB), tier 1, 2026-10"): 1000,  # 100 × 0.10
+        ("ACME", "Cloud backup (GB), tier 2, 2026-10"): 7200,  # 900 × 0.08
+        ("ACME", "Cloud backup (GB), tier 3, 2026-10"): 1252,  # 250.50 × 0.05 = 12.525 → 12.52 (half-even)
+        ("ACME", "Microsoft 365 seats, volume tier, 2026-10"): 57000,  # 60 × 9.50
+        ("INITECH", "Cloud backup (GB), tier 1, 2026-10"): 240,  # 20 × 0.12
+        ("INITECH", "Cloud backup (GB), minimum commitment, 2026-10"): 1560,  # 18.00 − 2.40
+    }
+    quarantined = {q["source_id"]: q["reason"] for q in first["quarantined"]}
+    assert "quantity is not a number" in quarantined["U-5"]
+    assert "unknown metric" in quarantined["U-6"] and "unknown customer" in quarantined["U-7"]
+    assert "U-8" not in quarantined  # September's record is another period's
+
+    globex = lines["GLOBEX"]
+    (draft,) = [d for d in Ledger(settings.resolved_ledger_url).drafts("2026-10") if d.customer_id == "GLOBEX"]
+    eligible = ("remote_support", "onsite_support")
+    under = [li for li in draft.lines if li.trace.get("agreement") == "GLOBEX-RETAINER"
+             and li.trace.get("rate_kind") == "hourly" and li.service_type in eligible]  # fmt: skip
+    drawn = [li for li in under if "prepaid" in li.trace]
+    over = [li for li in under if "overage" in li.trace]
+    assert drawn and all(li.amount_minor == 0 and "prepaid" in li.description for li in drawn)
+    # September's unused 10 h rolled over, October's 10 h added: 20 h, drawn in time order until gone.
+    hours = sum(li.quantity_billed for li in under)
+    assert sum(li.quantity_billed for li in drawn) == min(Decimal(20), hours)
+    assert all(li.unit_price_minor in (11500, 17250, 23000) for li in over)  # 115.00 × 1, 1.5 or 2
+    care = [li for li in draft.lines if li.trace.get("agreement") == "GLOBEX-CARE"]  # from 15 October, no block
+    assert care and not any("prepaid" in li.trace or "overage" in li.trace for li in care)
+    assert any("fixed price per service_request ticket" in li["description"] for li in globex)
+    for invoice in first["invoices"]:
+        assert invoice["total_minor"] == sum(li["amount_minor"] for li in invoice["lines"])
+    billed, total = first["counts"]["billed"], first["work_items_total"]
+    assert sum(first["counts"].values()) == total
+
+    second = run(input_dir=str(export), rules=rules)
+    assert second["new_postings"] == 0 and second["work_items_total"] == total
+    assert second["counts"]["billed"] == billed
