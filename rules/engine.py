@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from billing.models import Customer
-from billing.money import Rounding, div_round, format_money, to_minor
+from billing.money import Rounding, div_round, exponent, format_money, to_minor
 from rules.schema import RuleSet
 
 BASIS = 10_000  # multipliers as integer basis points: 1.5 → 15000
@@ -47,12 +47,17 @@ def _rate_tables(
     currencies = sorted({c.currency for c in customers if c is not None})
     default_rate = np.full((len(currencies) + 1, len(services)), -1, dtype="int64")  # last row: no customer
     default_source = np.full((len(currencies) + 1, len(services)), -1, dtype="int64")
+    pairs = {(f.base, f.quote) for f in rules.fx}
     for row, currency in enumerate(currencies):
         for col, code in enumerate(services):
             spec = rules.services.get(code)
             if spec is not None and currency in spec.rates:
                 default_rate[row, col] = to_minor(spec.rates[currency], currency)
                 default_source[row, col] = _name(names, f"services.{code}.rates.{currency}")
+            elif spec is not None and (base := next((c for c in spec.rates if (c, currency) in pairs), None)):
+                # In the base currency's minor units until the day's exchange rate converts it (_convert).
+                default_rate[row, col] = to_minor(spec.rates[base], base)
+                default_source[row, col] = _name(names, f"services.{code}.rates.{base} via fx {base}/{currency}")
     currency_row = np.array([currencies.index(c.currency) if c else len(currencies) for c in customers], dtype="int64")
     rate, source = default_rate[currency_row], default_source[currency_row]
     row_of = {c.customer_id: n for n, c in enumerate(customers) if c is not None}
@@ -63,6 +68,29 @@ def _rate_tables(
             rate[row, col] = to_minor(own.rate, customers[row].currency)  # type: ignore[union-attr]
             source[row, col] = _name(names, f"customer_rates[{number}]")
     return rate, source, names
+
+
+def _convert(frame: pd.DataFrame, rules: RuleSet) -> None:
+    """Rates taken in another currency (``... via fx BASE/QUOTE``) converted at the exchange rate in force on
+    the day of the work: rate × fx, rounded to the customer's minor unit by its currency's mode."""
+    sources = frame["rate_source"].cat
+    codes = sources.codes.to_numpy()
+    rate = frame["rate_minor"].to_numpy(dtype="int64", copy=True)
+    day = frame["local_date"].to_numpy().astype("datetime64[D]")
+    for code, name in enumerate(sources.categories):
+        if " via fx " not in name:
+            continue
+        base, quote = name.rsplit(" via fx ", 1)[1].split("/")
+        mask = codes == code
+        table = sorted((f for f in rules.fx if (f.base, f.quote) == (base, quote)), key=lambda f: f.effective_from)
+        starts = np.array([f.effective_from for f in table], dtype="datetime64[D]")
+        micro = np.array([int(f.rate * 1_000_000) for f in table], dtype="int64")
+        # Before the first rate's date, the first rate applies (a table usually starts in the past).
+        index = np.clip(np.searchsorted(starts, day[mask], side="right") - 1, 0, None)
+        shift = exponent(quote) - exponent(base)
+        numerator = rate[mask] * micro[index] * 10 ** max(shift, 0)
+        rate[mask] = div_round(numerator, 1_000_000 * 10 ** max(-shift, 0), rules.money_rounding(quote))
+    frame["rate_minor"] = rate
 
 
 def _name(names: list[str], name: str) -> int:
@@ -280,6 +308,8 @@ def price(
     zone_codes, zones = pd.factorize(np.array([c.timezone if c else "UTC" for c in known], dtype=object))
     weekday, minute, day = _local_times(frame["started_at"], zone_codes[codes], list(zones))
     frame["local_date"] = day
+    if rules.fx:
+        _convert(frame, rules)
     multiplier = np.full(len(frame), BASIS, dtype="int64")
     modifier = np.zeros(len(frame), dtype="int8")  # an index into MODIFIERS
     after = rules.modifiers.after_hours

@@ -325,3 +325,24 @@ def test_a_ticket_type_with_a_fixed_price_is_billed_as_one_line_per_ticket() -> 
     ]
     assert fee["item_keys"].iloc[0] == ("ticket-fee:reset:T-1", "t:1", "t:2")
     assert sorted(lines.loc[lines["object_type"] != "ticket_fee", "source_id"]) == ["WL-3", "WL-4"]  # ACME: no fee
+
+
+def test_a_rate_in_another_currency_is_converted_at_the_exchange_rate_of_the_day() -> None:
+    services = yaml.safe_load(DEMO_RULES.read_text())["services"]
+    services["audit"] = {"name": "Security audit", "rates": {"USD": "200.00"}}  # priced in USD only
+    services["translation"] = {"name": "Translation", "rates": {"JPY": "9000"}}  # no minor unit
+    rules = rules_with(services=services, fx=[
+        {"base": "USD", "quote": "EUR", "rate": "0.912345"},
+        {"base": "USD", "quote": "EUR", "rate": "0.95", "from": "2026-10-15"},
+        {"base": "JPY", "quote": "EUR", "rate": "0.006125"},
+    ])  # fmt: skip
+    frame = worklogs(("ACME", "audit", "2026-10-07T09:00Z", 60), ("ACME", "audit", "2026-10-20T09:00Z", 60),
+                     ("ACME", "translation", "2026-10-07T10:00Z", 60),
+                     ("NORTHWIND", "audit", "2026-10-07T14:00Z", 60))  # fmt: skip
+    result = price(frame, CUSTOMERS, rules)
+    got = result.lines.set_index("source_id")[["rate_minor", "amount_minor", "currency"]].to_dict("index")
+    assert got["WL-1"] == {"rate_minor": 18247, "amount_minor": 18247, "currency": "EUR"}  # 182.469 → 182.47
+    assert got["WL-2"] == {"rate_minor": 19000, "amount_minor": 19000, "currency": "EUR"}  # the rate from the 15th
+    assert got["WL-3"] == {"rate_minor": 5512, "amount_minor": 5512, "currency": "EUR"}  # 55.125 → 55.12 half-even
+    assert got["WL-4"]["rate_minor"] == 20000  # a USD customer needs no conversion
+    assert "via fx USD/EUR" in str(line(result, "WL-1")["rate_source"])
