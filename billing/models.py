@@ -135,6 +135,8 @@ class ChargeLine(Model):
     unit_price_minor: int
     amount_minor: int
     trace: dict[str, Any] = Field(default_factory=dict)
+    tax_id: str | None = None  # a tax of its own (its product's tax class); None: the invoice's tax
+    tax_rate: Decimal | None = None
 
 
 class DraftState(StrEnum):
@@ -183,13 +185,16 @@ class InvoiceDraft(Model):
         """The untaxed total: the sum of the displayed lines, and nothing else."""
         return sum(line.amount_minor for line in self.lines)
 
+    def rate_of(self, line: ChargeLine) -> Decimal:
+        return self.tax_rate if line.tax_rate is None else line.tax_rate
+
     @computed_field  # type: ignore[prop-decorator]
     @property
     def tax_minor(self) -> int:
-        """Tax at ``tax_rate``, rounded once for the document or per line, by the currency's rounding.
-
-        The base is the displayed line amounts, or (``unrounded``, as Tryton does) quantity × unit price
-        before each line is rounded."""
+        """Tax at each line's rate (the invoice's ``tax_rate`` unless the line's product class has its own),
+        rounded once per rate for the document (as ERPs keep one tax line per tax) or per line, by the
+        currency's rounding. The base is the displayed line amounts, or (``unrounded``, as Tryton does)
+        quantity × unit price before each line is rounded."""
         mode = self.money_rounding.decimal_mode
 
         def base(line: ChargeLine) -> Decimal:
@@ -197,12 +202,15 @@ class InvoiceDraft(Model):
                 return line.quantity_billed * line.unit_price_minor
             return Decimal(line.amount_minor)
 
-        def rounded(amount: Decimal) -> int:
-            return int((amount * self.tax_rate).quantize(Decimal(1), rounding=mode))
+        def rounded(amount: Decimal, rate: Decimal) -> int:
+            return int((amount * rate).quantize(Decimal(1), rounding=mode))
 
         if self.tax_rounding == "line":
-            return sum(rounded(base(line)) for line in self.lines)
-        return rounded(sum((base(line) for line in self.lines), Decimal(0)))
+            return sum(rounded(base(line), self.rate_of(line)) for line in self.lines)
+        per_rate: dict[Decimal, Decimal] = {}
+        for line in self.lines:
+            per_rate[self.rate_of(line)] = per_rate.get(self.rate_of(line), Decimal(0)) + base(line)
+        return sum(rounded(amount, rate) for rate, amount in per_rate.items())
 
     @computed_field  # type: ignore[prop-decorator]
     @property

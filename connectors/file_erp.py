@@ -110,7 +110,8 @@ class FileErp:
             "lines": [
                 {"line_no": no, "source_id": line.source_id, "description": line.description,
                  "quantity": str(line.quantity_billed), "unit_price": str(to_decimal(line.unit_price_minor, cur)),
-                 "amount": str(to_decimal(line.amount_minor, cur)), "amount_minor": line.amount_minor}
+                 "amount": str(to_decimal(line.amount_minor, cur)), "amount_minor": line.amount_minor,
+                 "tax_id": line.tax_id or draft.tax_id, "tax_rate": str(draft.rate_of(line))}
                 for no, line in enumerate(draft.lines, start=1)
             ],
             "untaxed": str(to_decimal(draft.total_minor, cur)),
@@ -145,7 +146,8 @@ class FileErp:
                         doc["number"], doc["external_reference"], doc["invoice_date"],
                         doc["customer"]["erp_ref"] or doc["customer"]["id"], doc["customer"]["name"],
                         doc["currency"], line["line_no"], line["description"], line["quantity"],
-                        line["unit_price"], line["amount"], doc["tax"]["id"], doc["tax"]["rate"], doc["untaxed"],
+                        line["unit_price"], line["amount"], line.get("tax_id", doc["tax"]["id"]),
+                        line.get("tax_rate", doc["tax"]["rate"]), doc["untaxed"],
                         doc["tax"]["amount"], doc["gross"],
                     ])  # fmt: skip
         os.replace(tmp, path)

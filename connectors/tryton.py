@@ -212,7 +212,7 @@ class TrytonErp:
         return int(self._cache[key])
 
     def _payload(self, draft: InvoiceDraft, party: int, products: dict[str, int]) -> dict[str, Any]:
-        tax = self.tax_id(draft.tax_rate)  # our tax, explicitly: Tryton computes its amount
+        # Our tax, explicitly (the invoice's, or the line's product class's): Tryton computes its amount.
         currency = self.currency_id(draft.currency)
         return {
             "type": "out", "party": party, "company": self.company(), "currency": currency,
@@ -224,7 +224,7 @@ class TrytonErp:
                  "quantity": line.quantity_billed, "unit": self.hour_uom(),
                  "unit_price": to_decimal(line.unit_price_minor, draft.currency), "currency": currency,
                  "account": self._line_account(products[line.service_type], party, currency),
-                 "taxes": [["add", [tax]]]}
+                 "taxes": [["add", [self.tax_id(draft.rate_of(line))]]]}
                 for line in draft.lines]]],
         }  # fmt: skip
 

@@ -155,7 +155,7 @@ def group_drafts(
                 quantity_raw=_hours(int(row["raw_seconds"])),
                 quantity_billed=quantity(int(row["quantity_centi"])),
                 unit_price_minor=int(row["unit_price_minor"]), amount_minor=int(row["amount_minor"]),
-                trace=_trace(row, rules.name, text[1]),
+                trace=_trace(row, rules.name, text[1]), **_own_tax(row, customer.country, rules),
             )
             for row in group.to_dict("records")
             for text in [_texts(row, rules)]
@@ -172,6 +172,15 @@ def group_drafts(
             tax_rounding=rules.taxes.rounding, tax_base=rules.taxes.base,
         ))  # fmt: skip
     return drafts
+
+
+def _own_tax(row: dict[str, Any], country: str | None, rules: RuleSet) -> dict[str, Any]:
+    """The line's own tax when its service's tax class has a rate other than the invoice's standard one."""
+    service = rules.services.get(str(row["service_type"]))
+    if service is None or service.tax_class is None:
+        return {}
+    own, standard = rules.taxes.for_country(country, service.tax_class), rules.taxes.for_country(country)
+    return {} if own.id == standard.id else {"tax_id": own.id, "tax_rate": own.rate}
 
 
 def _texts(row: dict[str, Any], rules: RuleSet) -> tuple[str, str]:
