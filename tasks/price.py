@@ -269,8 +269,10 @@ def preview(settings: Settings, period: str, now: datetime | None = None) -> dic
     batch = make_source(settings).extract(period)
     checked = check_worklogs(batch, rules, now)
     result = price(checked.valid, batch.customers, rules, batch.tickets)
-    made = rule_lines(batch, rules)
-    lines = pd.concat([result.lines, made], ignore_index=True) if len(made) else result.lines
+    usage, refused = usage_to_price(batch, rules)
+    parts = [p for p in (result.lines, usage_lines(usage, batch.customers, rules, period), rule_lines(batch, rules))
+             if len(p)]  # fmt: skip
+    lines = pd.concat(parts, ignore_index=True) if len(parts) > 1 else result.lines
     drafts = group_drafts(batch, lines, rules, posted={})
     return {
         "period": period,
@@ -289,5 +291,6 @@ def preview(settings: Settings, period: str, now: datetime | None = None) -> dic
         "quarantined": [{"source_id": s, "reason": r} for s, r in zip(checked.quarantined["source_id"],
                                                                         checked.quarantined["reason"], strict=True)]
         + [{"source_id": k, "reason": r} for k, r in zip(result.unpriceable["key"], result.unpriceable["reason"],
-                                                          strict=True)],
+                                                          strict=True)]
+        + [{"source_id": k, "reason": r} for k, r in refused.items()],
     }  # fmt: skip
