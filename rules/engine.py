@@ -206,7 +206,10 @@ def _apply_rates(frame: pd.DataFrame, rules: RuleSet) -> np.ndarray:
             continue
         table = pd.DataFrame(rows).sort_values("from")
         table[keys] = table[keys].astype(object)  # merge keys of one type on both sides
-        left = work.dropna(subset=keys).sort_values("day")
+        left = work.dropna(subset=keys)
+        if level == 0:  # a service default never overrides the customer's own rate (customer_rates)
+            left = left[~np.char.startswith(source[left["row"].to_numpy()].astype(str), "customer_rates")]
+        left = left.sort_values("day")
         left[keys] = left[keys].astype(object)
         found = pd.merge_asof(left, table[["from", *keys, "rate_minor", "kind", "name"]], left_on="day",
                               right_on="from", by=keys, direction="backward").dropna(subset=["rate_minor"])  # fmt: skip

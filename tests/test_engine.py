@@ -346,3 +346,12 @@ def test_a_rate_in_another_currency_is_converted_at_the_exchange_rate_of_the_day
     assert got["WL-3"] == {"rate_minor": 5512, "amount_minor": 5512, "currency": "EUR"}  # 55.125 → 55.12 half-even
     assert got["WL-4"]["rate_minor"] == 20000  # a USD customer needs no conversion
     assert "via fx USD/EUR" in str(line(result, "WL-1")["rate_source"])
+
+
+def test_a_dated_service_default_never_beats_the_customers_own_rate() -> None:
+    rules = rules_with(rates=[{"service": "remote_support", "currency": "EUR", "rate": "99.00", "from": "2026-10-15"}])
+    frame = worklogs(("ACME", "remote_support", "2026-10-20T08:00Z", 60),  # ACME's own 89.50 stays
+                     ("GLOBEX", "remote_support", "2026-10-07T08:00Z", 60),  # before the change: 95.00
+                     ("GLOBEX", "remote_support", "2026-10-20T08:00Z", 60))  # fmt: skip
+    got = price(frame, CUSTOMERS, rules).lines.set_index("source_id")["unit_price_minor"].to_dict()
+    assert got == {"WL-1": 8950, "WL-2": 9500, "WL-3": 9900}
