@@ -14,7 +14,7 @@ lines. Each line keeps the columns its explanation is rendered from (rate source
 from __future__ import annotations
 
 import calendar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
@@ -35,6 +35,7 @@ class PricingResult:
     lines: pd.DataFrame  # one row per billable work log
     non_billable: pd.DataFrame  # key, rule
     unpriceable: pd.DataFrame  # key, reason (no rate, unknown customer ...): quarantined by the caller
+    held: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"key": [], "rule": []}))  # key, rule
 
 
 def _rate_tables(
@@ -136,9 +137,19 @@ def non_billable_rule(
         wanted_codes = [code_of[w] for w in ([wanted] if isinstance(wanted, str) else wanted) if w in code_of]
         return np.isin(service_codes, wanted_codes)
 
-    names = [spec.id for spec in rules.non_billable]
+    rule, names = first_match(worklogs, rules.non_billable, service_is)
+    for code, service in rules.services.items():
+        if not service.billable:
+            names.append(f"services.{code}.billable=false")
+            rule[service_is(code) & (rule < 0)] = len(names) - 1
+    return rule, names
+
+
+def first_match(worklogs: pd.DataFrame, specs: Any, service_is: Any) -> tuple[np.ndarray, list[str]]:
+    """For each work log, the index of the first rule in ``specs`` whose ``when`` it matches (-1: none)."""
+    names = [spec.id for spec in specs]
     rule = np.full(len(worklogs), -1, dtype="int64")
-    for number, spec in enumerate(rules.non_billable):
+    for number, spec in enumerate(specs):
         mask = np.ones(len(worklogs), dtype=bool)
         for column, wanted in spec.when.items():
             if column == "service_type":
@@ -147,10 +158,6 @@ def non_billable_rule(
                 values = worklogs[column]
                 mask &= (values.isin(wanted) if isinstance(wanted, list) else values == wanted).to_numpy(dtype=bool)
         rule[mask & (rule < 0)] = number
-    for code, service in rules.services.items():
-        if not service.billable:
-            names.append(f"services.{code}.billable=false")
-            rule[service_is(code) & (rule < 0)] = len(names) - 1
     return rule, names
 
 
@@ -247,7 +254,8 @@ TICKET_FIELDS = {"priority": "ticket_priority", "status": "ticket_status", "tick
 def _with_ticket_fields(worklogs: pd.DataFrame, tickets: pd.DataFrame | None, rules: RuleSet) -> pd.DataFrame:
     """Add the ticket's priority, status and type to each work log, only when a rule asks for them."""
     needed = bool(rules.modifiers.priority or rules.ticket_fees) or any(
-        c in ("ticket_status", "ticket_type") for spec in rules.non_billable for c in spec.when
+        c in ("ticket_status", "ticket_type", "ticket_resolved")
+        for spec in [*rules.non_billable, *rules.hold] for c in spec.when
     )
     if not needed:
         return worklogs
@@ -258,6 +266,11 @@ def _with_ticket_fields(worklogs: pd.DataFrame, tickets: pd.DataFrame | None, ru
     for column, name in TICKET_FIELDS.items():
         values = tickets[column].to_numpy(dtype=object) if known and column in tickets else np.array([], object)  # type: ignore[index]
         worklogs[name] = np.where(position >= 0, np.append(values, None)[position], None) if len(values) else None
+    resolved = np.zeros(len(index), dtype=bool)  # a source that gives no resolved date: nothing is resolved
+    if known and "resolved_at" in tickets:  # type: ignore[operator]
+        resolved = tickets["resolved_at"].notna().to_numpy()  # type: ignore[index]
+    # Work without a ticket (or on an unknown one) has nothing to wait for.
+    worklogs["ticket_resolved"] = np.where(position >= 0, np.append(resolved, True)[position], True)
     return worklogs
 
 
@@ -282,6 +295,15 @@ def price(
     rule, rule_names = non_billable_rule(worklogs, rules, service_codes, service_ids)
     settled = rule >= 0
     non_billable = pd.DataFrame({"key": keys[settled], "rule": np.array(rule_names, dtype=object)[rule[settled]]})
+    held = pd.DataFrame({"key": [], "rule": []})
+    if rules.hold:
+        code_of = {name: n for n, name in enumerate(service_ids)}
+        hold, _ = first_match(worklogs, rules.hold, lambda wanted: np.isin(
+            service_codes, [code_of[w] for w in ([wanted] if isinstance(wanted, str) else wanted) if w in code_of]))
+        waits = (hold >= 0) & ~settled
+        reasons = np.array([f"held by {h.id}: {h.description or 'waiting'}" for h in rules.hold], dtype=object)
+        held = pd.DataFrame({"key": keys[waits], "rule": reasons[hold[waits]]})
+        settled = settled | waits
 
     is_known = np.array([c is not None for c in known] + [False], dtype=bool)[customer_codes]  # -1: no customer
     unknown = ~settled & ~is_known
@@ -377,7 +399,8 @@ def price(
     )
     if rules.ticket_fees and "ticket_type" in frame:
         frame = _ticket_fees(frame, rules)
-    return PricingResult(lines=frame, non_billable=non_billable, unpriceable=pd.concat(problems, ignore_index=True))
+    return PricingResult(lines=frame, non_billable=non_billable, unpriceable=pd.concat(problems, ignore_index=True),
+                         held=held)
 
 
 def _ticket_fees(frame: pd.DataFrame, rules: RuleSet) -> pd.DataFrame:

@@ -281,6 +281,18 @@ class NonBillableRule(Strict):
     when: dict[Literal["billable", "service_type", "ticket_status", "ticket_type"], bool | str | list[str]]
 
 
+class HoldRule(Strict):
+    """Work held back, not lost: not billed while it matches (its ticket not resolved yet, say); billed by
+    the run of its period after the condition clears. ``ticket_resolved``: the ticket has a resolved date
+    (work without a ticket has nothing to wait for)."""
+
+    id: str
+    description: str = ""
+    when: dict[
+        Literal["billable", "service_type", "ticket_status", "ticket_type", "ticket_resolved"], bool | str | list[str]
+    ]
+
+
 class TaxRate(Strict):
     id: str
     rate: Decimal = Field(ge=0, le=1, description="0.19 for 19 %")
@@ -371,6 +383,7 @@ class RuleSet(Strict):
     roles: dict[str, str] = Field(default_factory=dict, description="user → role, for role rates")
     modifiers: Modifiers = Modifiers()
     non_billable: list[NonBillableRule] = Field(default_factory=list)
+    hold: list[HoldRule] = Field(default_factory=list, description="work held until a condition clears")
     taxes: Taxes = Taxes()
     approval: Approval = Approval()
     customers: dict[str, CustomerSpec] = Field(default_factory=dict)

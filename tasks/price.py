@@ -42,6 +42,7 @@ def price_work(settings: Settings, batch: WorkBatch, valid: pd.DataFrame) -> pd.
         actor="price",
         reasons=result.unpriceable["reason"].tolist(),
     )
+    ledger.set_state(result.held["key"].tolist(), WorkState.HELD, actor="price", reasons=result.held["rule"].tolist())
     work = _bill_ticket_fees_once(ledger, batch, rules, result.lines)
     ledger.set_state(line_items(work), WorkState.PRICED, actor="price")
     usage, refused = usage_to_price(batch, rules)

@@ -116,11 +116,13 @@ def period_summary(settings: Settings, period: str, new_postings: int, failures:
     items = ledger.work_items(period)
     quarantined = items[items["state"] == WorkState.QUARANTINED.value]
     non_billable = items[items["state"] == WorkState.NON_BILLABLE.value]
+    held = items[items["state"] == WorkState.HELD.value]
     return {
         "period": period,
         "invoices": invoices,
         "quarantined": [{"source_id": r.source_id, "reason": r.reason} for r in quarantined.itertuples()],
         "non_billable": [{"source_id": r.source_id, "rule": r.reason} for r in non_billable.itertuples()],
+        "held": [{"source_id": r.source_id, "rule": r.reason} for r in held.itertuples()],
         "counts": ledger.counts(period),
         "work_items_total": len(items),
         "new_postings": new_postings,
@@ -148,7 +150,8 @@ def publish(summary: dict[str, Any], report: ReconcileReport) -> None:
             f"## Billing {period}\n\n"
             f"{summary['work_items_total']} work items: {counts['billed']} billed, {counts['non_billable']} "
             f"non-billable, {counts['quarantined']} quarantined, {counts['pending_approval']} pending approval, "
-            f"{counts['pending_posting']} pending posting. New postings this run: {summary['new_postings']}.\n\n"
+            f"{counts['pending_posting']} pending posting, {counts['held']} held (billed by a rerun of {period} "
+            f"once their hold clears). New postings this run: {summary['new_postings']}.\n\n"
             f"Reconciliation: {len(report.mismatches)} mismatches, {len(report.duplicates)} duplicates, "
             f"{len(report.unbilled)} unbilled, {len(report.changed_after_billing)} changed after billing.\n\n"
             f"### Quarantined\n{quarantined}\n"

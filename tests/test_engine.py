@@ -355,3 +355,18 @@ def test_a_dated_service_default_never_beats_the_customers_own_rate() -> None:
                      ("GLOBEX", "remote_support", "2026-10-20T08:00Z", 60))  # fmt: skip
     got = price(frame, CUSTOMERS, rules).lines.set_index("source_id")["unit_price_minor"].to_dict()
     assert got == {"WL-1": 8950, "WL-2": 9500, "WL-3": 9900}
+
+
+def test_work_is_held_until_its_ticket_is_resolved_but_non_billable_work_is_settled() -> None:
+    rules = rules_with(hold=[{"id": "resolved-only", "when": {"ticket_resolved": False}}])
+    frame = worklogs(("ACME", "remote_support", "2026-10-07T08:00Z", 30),
+                     ("ACME", "remote_support", "2026-10-07T09:00Z", 30),
+                     ("ACME", "remote_support", "2026-10-07T10:00Z", 30, False),
+                     ("ACME", "remote_support", "2026-10-07T11:00Z", 30))  # fmt: skip
+    frame["ticket_id"] = ["T-1", "T-2", "T-2", None]
+    tickets = pd.DataFrame({"ticket_id": ["T-1", "T-2"],
+                            "resolved_at": [pd.Timestamp("2026-10-09T00:00Z"), pd.NaT]})  # fmt: skip
+    result = price(frame, CUSTOMERS, rules, tickets)
+    assert result.held.values.tolist() == [["t:2", "held by resolved-only: waiting"]]
+    assert result.non_billable["key"].tolist() == ["t:3"]  # not billable whatever its ticket does
+    assert sorted(result.lines["source_id"]) == ["WL-1", "WL-4"]  # resolved, and no ticket to wait for

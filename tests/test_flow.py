@@ -336,3 +336,35 @@ def test_managed_services_usage_prepaid_hours_and_ticket_fees_are_billed_once(
     second = run(input_dir=str(export), rules=rules)
     assert second["new_postings"] == 0 and second["work_items_total"] == total
     assert second["counts"]["billed"] == billed
+
+
+def test_work_on_unresolved_tickets_is_held_then_billed_once_resolved(
+    run: Callable[..., dict[str, Any]], tmp_path: Path
+) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(SAMPLE, export)
+    rules = yaml.safe_load(DEMO_RULES.read_text())
+    rules["hold"] = [{"id": "resolved-only", "description": "billed once its ticket is resolved",
+                      "when": {"ticket_resolved": False}}]  # fmt: skip
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(rules))
+    first = run(input_dir=str(export), rules=str(rules_file))
+    held = {h["source_id"] for h in first["held"]}
+    assert held and first["counts"]["held"] == len(held)
+    assert all(h["rule"] == "held by resolved-only: billed once its ticket is resolved" for h in first["held"])
+    assert sum(first["counts"].values()) == first["work_items_total"] == 503
+
+    # The tickets get resolved; the rerun of the period bills the held work on a supplementary invoice.
+    with (export / "tickets.csv").open(newline="") as handle:
+        tickets = list(csv.DictReader(handle))
+    for ticket in tickets:
+        ticket["resolved_at"] = ticket["resolved_at"] or "2026-11-03T10:00:00Z"
+    with (export / "tickets.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(tickets[0]))
+        writer.writeheader()
+        writer.writerows(tickets)
+    second = run(input_dir=str(export), rules=str(rules_file))
+    assert second["counts"]["held"] == 0
+    assert second["counts"]["billed"] == first["counts"]["billed"] + len(held)
+    assert second["new_postings"] > 0 and all(i["status"] == "posted" for i in second["invoices"])
+    assert run(input_dir=str(export), rules=str(rules_file))["new_postings"] == 0

@@ -21,6 +21,7 @@ class WorkState(StrEnum):
     QUARANTINED = "quarantined"
     NON_BILLABLE = "non_billable"
     PRICED = "priced"
+    HELD = "held"  # not billed yet, by a hold rule (a ticket not resolved ...): billed once it clears
     DRAFTED = "drafted"
     APPROVED = "approved"
     POSTED = "posted"
@@ -37,6 +38,7 @@ COUNT_OF_STATE: dict[WorkState, str] = {
     WorkState.PRICED: "pending_approval",
     WorkState.DRAFTED: "pending_approval",
     WorkState.APPROVED: "pending_posting",
+    WorkState.HELD: "held",
 }
 BILLED_STATES = (WorkState.POSTED, WorkState.RECONCILED)
 
