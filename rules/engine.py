@@ -14,6 +14,7 @@ lines. Each line keeps the columns its explanation is rendered from (rate source
 from __future__ import annotations
 
 import calendar
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
@@ -161,71 +162,103 @@ def first_match(worklogs: pd.DataFrame, specs: Any, service_is: Any) -> tuple[np
     return rule, names
 
 
-def agreement_running(customer_ids: np.ndarray, day: np.ndarray, rules: RuleSet) -> np.ndarray:
-    """For each row, the customer's agreement running on the day (the first that matches), else None."""
-    agreement = np.full(len(customer_ids), None, dtype=object)
-    for spec in rules.agreements:
-        running = (customer_ids == spec.customer) & (agreement == None)  # noqa: E711
-        if spec.starts:
-            running &= day >= np.datetime64(spec.starts, "ns")
-        if spec.ends:
-            running &= day <= np.datetime64(spec.ends, "ns")
-        agreement[running] = spec.id
-    return agreement
+def agreement_running(customer_codes: np.ndarray, customer_ids: Any, day: np.ndarray, rules: RuleSet) -> pd.Categorical:
+    """For each row, the customer's agreement running on the day (the first of the customer's that does).
+
+    ``customer_codes`` index ``customer_ids`` (-1: none). Per customer code, the k-th agreement of the customer
+    is a small table; one pass per k (customers rarely have more than one or two) indexes it by column."""
+    ids = [spec.id for spec in rules.agreements]
+    found = np.full(len(customer_codes), -1, dtype="int64")
+    if not ids:
+        return pd.Categorical.from_codes(found, categories=[])
+    of_customer: dict[str, list[int]] = defaultdict(list)
+    for number, spec in enumerate(rules.agreements):
+        of_customer[spec.customer].append(number)
+    # One more entry, for code -1 (masked out by ``candidate >= 0`` below).
+    starts = np.array([np.datetime64(a.starts or "1900-01-01", "ns") for a in rules.agreements] + ["1900-01-01"],
+                      dtype="datetime64[ns]")  # fmt: skip
+    ends = np.array([np.datetime64(a.ends or "2200-01-01", "ns") for a in rules.agreements] + ["1900-01-01"],
+                    dtype="datetime64[ns]")  # fmt: skip
+    for k in range(max(len(v) for v in of_customer.values())):
+        kth = np.array([of_customer[c][k] if len(of_customer.get(c, [])) > k else -1 for c in customer_ids] + [-1])
+        candidate = kth[customer_codes]  # code -1 takes the appended -1
+        running = (candidate >= 0) & (found < 0) & (day >= starts[candidate]) & (day <= ends[candidate])
+        found[running] = candidate[running]
+    return pd.Categorical.from_codes(found, categories=ids)
 
 
-def _apply_rates(frame: pd.DataFrame, rules: RuleSet) -> np.ndarray:
+DAY_BITS = 20  # days since 1900 fit in 20 bits until 4770: a row's key is (composite key << DAY_BITS) | day
+
+
+def _days(values: np.ndarray) -> np.ndarray:
+    return values.astype("datetime64[D]").astype("int64") - np.datetime64("1900-01-01", "D").astype("int64")
+
+
+def _apply_rates(frame: pd.DataFrame, rules: RuleSet, customer_currency: dict[str, str]) -> np.ndarray:
     """Override the table rates with the general ``rates:`` (precedence levels, effective dates).
 
-    Level by level, least specific first, a backward ``merge_asof`` on the day of the work finds the rate in
-    force (the latest ``from`` on or before it) for each row's keys; a match at a higher level wins.
-    Returns a boolean array: the rows billed at a fixed amount."""
+    Level by level, least specific first, the rate in force (the latest ``from`` on or before the day of the
+    work) is found for each row's keys with one ``searchsorted`` over integer keys (composite key, day); a
+    match at a higher level wins. Returns a boolean array: the rows billed at a fixed amount."""
     fixed = np.zeros(len(frame), dtype=bool)
     if not rules.rates or frame.empty:
         return fixed
-    day = frame["local_date"].to_numpy().astype("datetime64[ns]")
-    work = pd.DataFrame({"row": np.arange(len(frame)), "day": day, "customer_id": frame["customer_id"].to_numpy(),
-                         "service_type": frame["service_type"].astype(str).to_numpy(),
-                         "currency": frame["currency"].astype(str).to_numpy(),
-                         "role": frame["user"].map(rules.roles).to_numpy(dtype=object)})  # fmt: skip
-    work["agreement_id"] = frame["agreement_id"].to_numpy(dtype=object)
-    customer_currency = dict(zip(work["customer_id"], work["currency"], strict=False))
+    day = _days(frame["local_date"].to_numpy())
+    columns = {"service_type": frame["service_type"], "currency": frame["currency"],
+               "customer_id": frame["customer_id"], "agreement_id": frame["agreement_id"]}  # fmt: skip
+    if any(spec.role for spec in rules.rates):
+        columns["role"] = frame["user"].map(rules.roles)
+    codes, code_of = {}, {}
+    for name, column in columns.items():
+        codes[name], uniques = pd.factorize(column)
+        code_of[name] = {value: n for n, value in enumerate(uniques)}
     keys_of_level = {0: ["service_type", "currency"], 1: ["customer_id", "service_type", "currency"],
                      2: ["agreement_id", "service_type", "currency"],
                      3: ["agreement_id", "role", "service_type", "currency"]}  # fmt: skip
-    rate = frame["rate_minor"].to_numpy().copy()
-    source = frame["rate_source"].astype(str).to_numpy(dtype=object)
-    currencies = sorted(set(work["currency"]))
+    rate = frame["rate_minor"].to_numpy(dtype="int64", copy=True)
+    sources = frame["rate_source"].cat
+    names = list(sources.categories) + [f"rates[{n}]" for n in range(len(rules.rates))]
+    source = sources.codes.to_numpy().astype("int64")
+    own = np.isin(source, [n for n, name in enumerate(sources.categories) if name.startswith("customer_rates")])
+    currencies = sorted(code_of["currency"])
     for level, keys in keys_of_level.items():
-        rows = []
+        entries = []  # (composite key, from day, rate, fixed, source name index)
         for number, spec in enumerate(rules.rates):
             if spec.level != level:
                 continue
             for currency in [spec.currency] if spec.currency else currencies:
                 if spec.customer and customer_currency.get(spec.customer, currency) != currency:
                     continue
-                rows.append({"service_type": spec.service, "customer_id": spec.customer, "agreement_id": spec.agreement,
-                             "role": spec.role, "currency": currency,
-                             "from": np.datetime64(spec.effective_from or "1900-01-01", "ns"),
-                             "rate_minor": to_minor(spec.rate, currency), "kind": spec.kind,
-                             "name": f"rates[{number}]"})  # fmt: skip
-        if not rows:
+                wanted = {"service_type": spec.service, "currency": currency, "customer_id": spec.customer,
+                          "agreement_id": spec.agreement, "role": spec.role}  # fmt: skip
+                parts = [code_of[k].get(wanted[k], -1) for k in keys]
+                if min(parts) < 0:  # no work with these keys
+                    continue
+                composite = 0
+                for k, part in zip(keys, parts, strict=True):
+                    composite = composite * (len(code_of[k]) + 1) + part
+                since = int(_days(np.array([spec.effective_from or date(1900, 1, 1)], dtype="datetime64[D]"))[0])
+                entries.append(((composite << DAY_BITS) | since, to_minor(spec.rate, currency), spec.kind == "fixed",
+                                len(sources.categories) + number))  # fmt: skip
+        if not entries:
             continue
-        table = pd.DataFrame(rows).sort_values("from")
-        table[keys] = table[keys].astype(object)  # merge keys of one type on both sides
-        left = work.dropna(subset=keys)
+        entries.sort()
+        table_key = np.array([e[0] for e in entries], dtype="int64")
+        composite = np.zeros(len(frame), dtype="int64")
+        valid = np.ones(len(frame), dtype=bool)
+        for k in keys:
+            composite = composite * (len(code_of[k]) + 1) + codes[k]
+            valid &= codes[k] >= 0
         if level == 0:  # a service default never overrides the customer's own rate (customer_rates)
-            left = left[~np.char.startswith(source[left["row"].to_numpy()].astype(str), "customer_rates")]
-        left = left.sort_values("day")
-        left[keys] = left[keys].astype(object)
-        found = pd.merge_asof(left, table[["from", *keys, "rate_minor", "kind", "name"]], left_on="day",
-                              right_on="from", by=keys, direction="backward").dropna(subset=["rate_minor"])  # fmt: skip
-        hit = found["row"].to_numpy()
-        rate[hit] = found["rate_minor"].to_numpy(dtype="int64")
-        source[hit] = found["name"].to_numpy()
-        fixed[hit] = (found["kind"] == "fixed").to_numpy()
+            valid &= ~own
+        at = np.searchsorted(table_key, (composite << DAY_BITS) | day, side="right") - 1
+        hit = valid & (at >= 0) & ((table_key[np.maximum(at, 0)] >> DAY_BITS) == composite)
+        chosen = at[hit]
+        rate[hit] = np.array([e[1] for e in entries], dtype="int64")[chosen]
+        fixed[hit] = np.array([e[2] for e in entries], dtype=bool)[chosen]
+        source[hit] = np.array([e[3] for e in entries], dtype="int64")[chosen]
     frame["rate_minor"] = rate
-    frame["rate_source"] = pd.Categorical(source)
+    frame["rate_source"] = pd.Categorical.from_codes(source, categories=names).remove_unused_categories()
     return fixed
 
 
@@ -364,8 +397,8 @@ def price(
             hit = (priority == name) & (bp > multiplier)
             multiplier[hit], modifier[hit] = bp, MODIFIERS.index("priority")
     day_ns = frame["local_date"].to_numpy().astype("datetime64[ns]")
-    frame["agreement_id"] = pd.Categorical(agreement_running(frame["customer_id"].to_numpy(), day_ns, rules))
-    fixed = _apply_rates(frame, rules)
+    frame["agreement_id"] = agreement_running(codes, customer_ids, day_ns, rules)
+    fixed = _apply_rates(frame, rules, {c.customer_id: c.currency for c in known if c is not None})
     rate = frame["rate_minor"].to_numpy()
     multiplier[fixed], modifier[fixed] = BASIS, 0  # a fixed amount is what was agreed, whenever the work
     frame["multiplier_bp"] = multiplier

@@ -5,6 +5,7 @@ Python implementation. All three must agree to the cent."""
 from __future__ import annotations
 
 import time
+from datetime import date
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -33,6 +34,17 @@ def generate(seed: int = 7) -> tuple[pd.DataFrame, list[Customer], RuleSet]:
     own = rng.choice(CUSTOMERS, size=CUSTOMERS // 5, replace=False)  # a fifth have their own remote rate
     data["customer_rates"] = [{"customer": f"C{n:05d}", "service": "remote_support", "rate": f"{80 + n % 40}.50"}
                               for n in sorted(own)]  # fmt: skip
+    # A tenth have an agreement with their own remote-support rate and a price rise mid-month; consulting's
+    # default rate rises mid-month too: dated rates at two precedence levels.
+    agreed = range(0, CUSTOMERS, 10)
+    data["agreements"] = [{"id": f"A{n:05d}", "customer": f"C{n:05d}", "starts": "2026-01-01"} for n in agreed]
+    data["rates"] = [
+        *({"service": "remote_support", "agreement": f"A{n:05d}", "rate": f"{70 + n % 30}.25"} for n in agreed),
+        *({"service": "remote_support", "agreement": f"A{n:05d}", "rate": f"{75 + n % 30}.75", "from": "2026-10-15"}
+          for n in agreed),
+        {"service": "consulting", "currency": "EUR", "rate": "160.00", "from": "2026-10-15"},
+        {"service": "consulting", "currency": "USD", "rate": "185.00", "from": "2026-10-15"},
+    ]  # fmt: skip
     rules = RuleSet.model_validate(data)
     start = pd.Timestamp("2026-10-01T00:00:00Z").value // 10**9
     frame = pd.DataFrame({
@@ -55,6 +67,14 @@ def per_row(frame: pd.DataFrame, customers: list[Customer], rules: RuleSet) -> d
     """What a straightforward implementation does: one work log at a time, Decimal arithmetic."""
     by_id = {c.customer_id: c for c in customers}
     own = {(r.customer, r.service): r.rate for r in rules.customer_rates}
+    agreement_of = {a.customer: a for a in rules.agreements}
+    dated: dict[tuple[str | None, str, str | None], list[tuple[date, Decimal]]] = {}  # (agreement, service, cur)
+    for r in rules.rates:
+        dated.setdefault((r.agreement, r.service, r.currency), []).append((r.effective_from or date.min, r.rate))
+
+    def in_force(key: tuple[str | None, str, str | None], day: date) -> Decimal | None:
+        found = [(since, rate) for since, rate in dated.get(key, []) if since <= day]
+        return max(found)[1] if found else None
     start, end = rules.modifiers.after_hours.business_hours.minutes() if rules.modifiers.after_hours else (0, 1440)
     after = rules.modifiers.after_hours.multiplier if rules.modifiers.after_hours else Decimal(1)
     weekend = rules.modifiers.weekend.multiplier if rules.modifiers.weekend else Decimal(1)
@@ -64,8 +84,15 @@ def per_row(frame: pd.DataFrame, customers: list[Customer], rules: RuleSet) -> d
         if not row.billable or not rules.services[row.service_type].billable:
             continue
         customer = by_id[row.customer_id]
-        rate = own.get((row.customer_id, row.service_type)) or rules.services[row.service_type].rates[customer.currency]
         local = row.started_at.to_pydatetime().astimezone(ZoneInfo(customer.timezone))
+        agreement = agreement_of.get(row.customer_id)
+        running = agreement is not None and agreement.starts is not None and agreement.starts <= local.date()
+        rate = (  # most specific first
+            (in_force((agreement.id, row.service_type, None), local.date()) if running else None)  # type: ignore[union-attr]
+            or own.get((row.customer_id, row.service_type))
+            or in_force((None, row.service_type, customer.currency), local.date())
+            or rules.services[row.service_type].rates[customer.currency]
+        )
         minute = local.hour * 60 + local.minute
         multiplier = Decimal(1)
         if not start <= minute < end:
@@ -92,6 +119,12 @@ def duckdb_reference(frame: pd.DataFrame, customers: list[Customer], rules: Rule
     own = pd.DataFrame([{"customer_id": r.customer, "service_type": r.service, "own_minor": int(r.rate * 100)}
                         for r in rules.customer_rates])  # fmt: skip
     billable_services = pd.DataFrame({"service_type": [s for s, spec in rules.services.items() if spec.billable]})
+    customer_of = {a.id: a.customer for a in rules.agreements}
+    agreed = pd.DataFrame([{"customer_id": customer_of[r.agreement], "service_type": r.service,
+                            "since": r.effective_from or date(1900, 1, 1), "agreed_minor": int(r.rate * 100)}
+                           for r in rules.rates if r.agreement])  # fmt: skip
+    dated = pd.DataFrame([{"service_type": r.service, "currency": r.currency, "since": r.effective_from,
+                           "dated_minor": int(r.rate * 100)} for r in rules.rates if r.level == 0])  # fmt: skip
     start, end = rules.modifiers.after_hours.business_hours.minutes()  # type: ignore[union-attr]
     after_bp = int(rules.modifiers.after_hours.multiplier * BASIS)  # type: ignore[union-attr]
     weekend_bp = int(rules.modifiers.weekend.multiplier * BASIS)  # type: ignore[union-attr]
@@ -100,19 +133,25 @@ def duckdb_reference(frame: pd.DataFrame, customers: list[Customer], rules: Rule
     connection = duckdb.connect()
     connection.execute("SET TimeZone = 'UTC'")
     for name, table in {"work": work, "customers": customers_frame, "defaults": defaults, "own": own,
-                        "billable_services": billable_services}.items():  # fmt: skip
+                        "billable_services": billable_services, "agreed": agreed, "dated": dated}.items():  # fmt: skip
         connection.register(name, table)
     # half-even division of non-negative integers: q + (2r > d or (2r = d and q odd))
     return connection.execute(f"""
-        WITH base AS (
-            SELECT w.key, c.currency,
-                   coalesce(o.own_minor, d.rate_minor) AS rate_minor,
-                   timezone(c.tz, w.started_at) AS local,
-                   greatest(ceil(w.raw_seconds / {step})::BIGINT * {step}, {minimum}) AS billed
+        WITH located AS (
+            SELECT w.*, c.currency, timezone(c.tz, w.started_at) AS local,
+                   CAST(timezone(c.tz, w.started_at) AS DATE) AS day
             FROM work w JOIN customers c USING (customer_id) JOIN billable_services USING (service_type)
-            LEFT JOIN own o USING (customer_id, service_type)
-            JOIN defaults d ON d.service_type = w.service_type AND d.currency = c.currency
             WHERE w.billable
+        ), base AS (
+            SELECT l.key, l.currency, l.local,
+                   coalesce(a.agreed_minor, o.own_minor, t.dated_minor, d.rate_minor) AS rate_minor,
+                   greatest(ceil(l.raw_seconds / {step})::BIGINT * {step}, {minimum}) AS billed
+            FROM located l
+            ASOF LEFT JOIN agreed a ON a.customer_id = l.customer_id AND a.service_type = l.service_type
+                                   AND l.day >= a.since
+            LEFT JOIN own o ON o.customer_id = l.customer_id AND o.service_type = l.service_type
+            ASOF LEFT JOIN dated t ON t.service_type = l.service_type AND t.currency = l.currency AND l.day >= t.since
+            JOIN defaults d ON d.service_type = l.service_type AND d.currency = l.currency
         ), modified AS (
             SELECT *, greatest({BASIS},
                 CASE WHEN hour(local) * 60 + minute(local) < {start} OR hour(local) * 60 + minute(local) >= {end}
