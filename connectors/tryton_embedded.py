@@ -617,6 +617,7 @@ def bootstrap(
         )
 
     vat19, vat0 = tax("VAT 19%", "0.19"), tax("VAT 0% export", "0")
+    tax("VAT 7%", "0.07")  # the German reduced rate, for services of a reduced tax class
     export = _get_or_create(
         rpc,
         "account.tax.rule",

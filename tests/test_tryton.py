@@ -166,3 +166,42 @@ def test_posting_the_same_drafts_twice_answers_with_the_same_invoices(rpc: Tryto
     # untaxed 118.75 + 60.00; tax 19 % of 178.75 = 33.9625 → 33.96
     assert (second[0].total_minor, second[0].tax_minor, second[0].gross_minor) == (17875, 3396, 21271)
     assert drafts[0].tax_minor == 3396
+
+
+def test_usage_ticket_fees_and_a_reduced_tax_class_post_and_reconcile_to_the_cent(
+    tryton_env: dict[str, str], rpc: TrytonRpc, tmp_path: Path
+) -> None:
+    export, tag = export_for_this_test(tmp_path)
+    (export / "usage.csv").write_text(
+        "record_id,customer_id,metric,quantity,occurred_on\n"
+        f"U-1,ACME-{tag},backup_gb,1250.5,2026-10-31\nU-2,ACME-{tag},m365_seats,60,2026-10-31\n"
+        f"U-3,INITECH-{tag},backup_gb,20,2026-10-31\n"
+    )
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"""
+extends: {DEMO_RULES.with_name("managed-services.yaml")}
+name: tryton-tax-classes
+services:
+  project_work: {{tax_class: reduced}}
+taxes:
+  rates:
+    - {{id: vat-de-7, rate: "0.07", countries: [DE], product_classes: [reduced]}}
+ticket_fees:
+  - {{id: any-change-flat, ticket_type: change, amount: {{EUR: "80.00", USD: "95.00"}}}}
+""")
+    first = ticket_to_invoice(input_dir=str(export), rules=str(rules))
+    assert first["posting_failures"] == [] and first["reconcile"]["mismatches"] == []
+    acme = next(i for i in first["invoices"] if i["customer"] == f"ACME-{tag}")
+    descriptions = [li["description"] for li in acme["lines"]]
+    assert "Microsoft 365 seats, volume tier, 2026-10" in descriptions
+    assert any("fixed price per change ticket" in d for d in descriptions)
+    ledger = Ledger(f"sqlite:///{Path(tryton_env['TICKET_TO_INVOICE_HOME']) / 'ledger.db'}")
+    (draft,) = [d for d in ledger.drafts("2026-10") if d.customer_id == f"ACME-{tag}"]
+    reduced = [li for li in draft.lines if li.tax_id == "vat-de-7"]
+    assert reduced and all(li.service_type == "project_work" for li in reduced)
+    # Tryton computed each line's tax itself (19 % and 7 %): the same as ours, to the cent.
+    (erp,) = invoices(rpc, [draft.key])
+    assert Decimal(erp["tax_amount"]).scaleb(2) == draft.tax_minor
+    standard = sum(li.quantity_billed * li.unit_price_minor for li in draft.lines if li.tax_id is None)
+    lower = sum(li.quantity_billed * li.unit_price_minor for li in reduced)
+    assert draft.tax_minor == round(standard * Decimal("0.19")) + round(lower * Decimal("0.07"))
