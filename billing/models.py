@@ -166,6 +166,7 @@ class InvoiceDraft(Model):
     tax_rate: Decimal = Decimal(0)
     tax_rounding: Literal["document", "line"] = "document"
     tax_base: Literal["displayed", "unrounded"] = "displayed"
+    tax_by: Literal["rules", "erp"] = "rules"  # erp: untaxed here, the ERP applies its own taxes
 
     @field_validator("period")
     @classmethod
@@ -195,6 +196,8 @@ class InvoiceDraft(Model):
         rounded once per rate for the document (as ERPs keep one tax line per tax) or per line, by the
         currency's rounding. The base is the displayed line amounts, or (``unrounded``, as Tryton does)
         quantity × unit price before each line is rounded."""
+        if self.tax_by == "erp":
+            return 0  # the ERP's to compute; reconcile reports it
         mode = self.money_rounding.decimal_mode
 
         def base(line: ChargeLine) -> Decimal:

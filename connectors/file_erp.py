@@ -117,6 +117,7 @@ class FileErp:
             "untaxed": str(to_decimal(draft.total_minor, cur)),
             "untaxed_minor": draft.total_minor,
             "tax": {"id": draft.tax_id, "rate": str(draft.tax_rate), "rounding": draft.tax_rounding,
+                    "computed_by": draft.tax_by,
                     "amount": str(to_decimal(draft.tax_minor, cur)), "amount_minor": draft.tax_minor},
             "gross": str(to_decimal(draft.gross_minor, cur)),
             "gross_minor": draft.gross_minor,

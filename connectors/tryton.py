@@ -201,15 +201,24 @@ class TrytonErp:
                                 if changes.get(k)}  # fmt: skip
         return dict(self._cache[key])
 
-    def _line_account(self, product: int, party: int, currency: int) -> int:
-        """The revenue account Tryton takes for the product (from its accounting category)."""
-        key = f"line-account:{product}:{party}:{currency}"
+    def _line_defaults(self, product: int, party: int, currency: int) -> dict[str, Any]:
+        """The revenue account and taxes Tryton takes for the product and party (its category's accounts and
+        customer taxes, after the party's tax rule)."""
+        key = f"line-defaults:{product}:{party}:{currency}"
         if key not in self._cache:
             values = {"product": product, "company": self.company(), "currency": currency, "invoice": None,
                       "invoice_type": "out", "party": party, "account": None, "unit": None, "taxes": [],
                       "quantity": Decimal(1), "unit_price": Decimal(0)}  # fmt: skip
-            self._cache[key] = self.rpc.model("account.invoice.line", "on_change", values, ["product"])["account"]
-        return int(self._cache[key])
+            changes = self.rpc.model("account.invoice.line", "on_change", values, ["product"])
+            taxes = [tax["id"] for _index, tax in changes.get("taxes", {}).get("add", [])]
+            self._cache[key] = {"account": int(changes["account"]), "taxes": taxes}
+        return dict(self._cache[key])
+
+    def _line_taxes(self, draft: InvoiceDraft, line: Any, product: int, party: int, currency: int) -> list[int]:
+        """Our tax for the line (the invoice's or its product class's), or Tryton's own when it computes tax."""
+        if draft.tax_by == "erp":
+            return list(self._line_defaults(product, party, currency)["taxes"])
+        return [self.tax_id(draft.rate_of(line))]
 
     def _payload(self, draft: InvoiceDraft, party: int, products: dict[str, int]) -> dict[str, Any]:
         # Our tax, explicitly (the invoice's, or the line's product class's): Tryton computes its amount.
@@ -223,8 +232,8 @@ class TrytonErp:
                 {"product": products[line.service_type], "description": line.description,
                  "quantity": line.quantity_billed, "unit": self.hour_uom(),
                  "unit_price": to_decimal(line.unit_price_minor, draft.currency), "currency": currency,
-                 "account": self._line_account(products[line.service_type], party, currency),
-                 "taxes": [["add", [self.tax_id(draft.rate_of(line))]]]}
+                 "account": self._line_defaults(products[line.service_type], party, currency)["account"],
+                 "taxes": [["add", self._line_taxes(draft, line, products[line.service_type], party, currency)]]}
                 for line in draft.lines]]],
         }  # fmt: skip
 

@@ -312,6 +312,12 @@ class Taxes(Strict):
         description="displayed: tax on the line amounts as shown; unrounded: on quantity × unit price before "
         "each line is rounded (what Tryton does; choose it when Tryton is the ERP, so both agree to the cent).",
     )
+    computed_by: Literal["rules", "erp"] = Field(
+        "rules",
+        description="rules: drafts carry the tax computed here (and reconcile checks the ERP's against it); "
+        "erp: drafts are untaxed, the ERP applies its own taxes (its product and party tax rules) and reconcile "
+        "compares the untaxed totals and reports the ERP's tax.",
+    )
     rates: list[TaxRate] = Field(default_factory=list)
     otherwise: TaxRate = TaxRate(id="no-tax", rate=Decimal(0))
 

@@ -170,7 +170,7 @@ def group_drafts(
             customer_id=customer_id, period=batch.period, currency=currency, version=version, lines=charge_lines,
             customer_name=customer.name, customer_erp_ref=customer.erp_ref, customer_country=customer.country,
             money_rounding=rules.money_rounding(currency), tax_id=tax.id, tax_rate=tax.rate,
-            tax_rounding=rules.taxes.rounding, tax_base=rules.taxes.base,
+            tax_rounding=rules.taxes.rounding, tax_base=rules.taxes.base, tax_by=rules.taxes.computed_by,
         ))  # fmt: skip
     return drafts
 

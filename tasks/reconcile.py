@@ -47,8 +47,10 @@ def reconcile_period(settings: Settings, period: str) -> ReconcileReport:
     matched = []
     for draft in posted:
         in_erp = found.get(draft.key, [])
-        ours = (draft.total_minor, draft.tax_minor, draft.gross_minor)
         theirs = (in_erp[0].total_minor, in_erp[0].tax_minor, in_erp[0].gross_minor) if in_erp else None
+        ours = (draft.total_minor, draft.tax_minor, draft.gross_minor)
+        if draft.tax_by == "erp" and theirs:  # the ERP's tax is its own: only the untaxed total must agree
+            ours = (draft.total_minor, theirs[1], draft.total_minor + theirs[1])
         if not in_erp:
             status = "missing_in_erp"
         elif len(in_erp) > 1:

@@ -205,3 +205,20 @@ ticket_fees:
     standard = sum(li.quantity_billed * li.unit_price_minor for li in draft.lines if li.tax_id is None)
     lower = sum(li.quantity_billed * li.unit_price_minor for li in reduced)
     assert draft.tax_minor == round(standard * Decimal("0.19")) + round(lower * Decimal("0.07"))
+
+
+def test_tax_left_to_tryton_is_its_own_and_reconcile_compares_the_untaxed_totals(
+    tryton_env: dict[str, str], rpc: TrytonRpc, tmp_path: Path
+) -> None:
+    export, _ = export_for_this_test(tmp_path)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"extends: {DEMO_RULES}\nname: tax-by-tryton\ntaxes: {{computed_by: erp}}\n")
+    first = ticket_to_invoice(input_dir=str(export), rules=str(rules))
+    assert first["posting_failures"] == [] and first["reconcile"]["mismatches"] == []
+    in_tryton = {i["reference"]: i for i in invoices(rpc, [i["key"] for i in first["invoices"]])}
+    for entry in first["reconcile"]["invoices"]:
+        erp = in_tryton[entry["key"]]
+        assert entry["status"] == "ok" and Decimal(erp["untaxed_amount"]).scaleb(2) == entry["total_minor"]
+        # The tax is Tryton's (its product category's customer tax), reported as it computed it.
+        assert entry["erp_tax_minor"] == Decimal(erp["tax_amount"]).scaleb(2)
+        assert entry["erp_tax_minor"] == round(entry["total_minor"] * Decimal("0.19"))  # the category's 19 %
