@@ -466,13 +466,13 @@ def validate_drafts(
     ERP (``customer_erp_ref``, or in ``mapped_customers``; ``None``: the ERP maps any customer itself), and
     no zero or negative total unless a credit note."""
     frame = pd.DataFrame({
-        "key": [d.key for d in drafts],
+        "key": [d.key for d in drafts],  # integer money columns: GX compares int64 by column
         "source_id": [d.key for d in drafts],
         "customer_id": [d.customer_id for d in drafts],
         "currency": [d.currency for d in drafts],
-        "total_minor": [float(d.total_minor) for d in drafts],
-        "lines_minor": [float(sum(line.amount_minor for line in d.lines)) for d in drafts],
-        "amount_due_minor": [float(-d.total_minor if is_credit(d) else d.total_minor) for d in drafts],
+        "total_minor": [d.total_minor for d in drafts],
+        "lines_minor": [sum(line.amount_minor for line in d.lines) for d in drafts],
+        "amount_due_minor": [-d.total_minor if is_credit(d) else d.total_minor for d in drafts],
     })  # fmt: skip
     mapped = set(frame["customer_id"]) if mapped_customers is None else set(mapped_customers)
     mapped |= {d.customer_id for d in drafts if d.customer_erp_ref}

@@ -61,7 +61,8 @@ def check_batch(batch: WorkBatch, rules: RuleSet, now: datetime | None = None) -
     customers = validate_customers(batch.customers)
     problems = _customer_problems(batch, customers)
     usable = [c.customer_id for c in batch.customers if c.customer_id not in problems]
-    tickets = validate_tickets(batch.tickets, usable, now)
+    # A ticket of an unusable customer is no broken ticket: its work logs carry the customer's problem.
+    tickets = validate_tickets(batch.tickets, [c.customer_id for c in batch.customers] + list(problems), now)
     ticket_problems = _reasons(tickets, "ticket")
     worklogs = validate_worklogs(
         batch.worklogs,
@@ -69,7 +70,7 @@ def check_batch(batch: WorkBatch, rules: RuleSet, now: datetime | None = None) -
         known_customers=usable,
         customer_problems=problems,
         known_services=list(rules.services),
-        known_tickets=batch.tickets["ticket_id"].tolist(),
+        known_tickets=[t for t in batch.tickets["ticket_id"].tolist() if t not in ticket_problems],
         now=now,
         period=batch.period,
         ticket_problems=ticket_problems,
