@@ -195,12 +195,13 @@ def run_suite(suite: Suite, frame: pd.DataFrame, parameters: Mapping[str, Any]) 
     for check in suite.checks:
         name = check.set_parameter
         if check.type == NOT_NULL and check.column in coded_of:
-            expectations.append(check.config | {"kwargs": check.kwargs | {"column": coded_of[check.column]}})
+            expectations.append({"description": _described(check)} | check.config
+                                | {"kwargs": check.kwargs | {"column": coded_of[check.column]}})
             continue
         if name is None:
             for column in check.columns:
                 columns.setdefault(column, _for_gx(frame[column], check.type))
-            expectations.append(check.config)
+            expectations.append({"description": _described(check)} | check.config)
             continue
         coded = coded_of[check.column]
         columns[coded] = _positions(frame[check.column], parameters[name])
@@ -231,6 +232,13 @@ def run_suite(suite: Suite, frame: pd.DataFrame, parameters: Mapping[str, Any]) 
         failed.append(rows)
         _trim_for_docs(outcome.result, frame, check, rows)
     return SuiteRun(suite=suite, rows=len(frame), failed=failed, result=result)
+
+
+def _described(check: Check) -> str:
+    """What Data Docs show for an expectation: the user's sentence, then the rule itself."""
+    rule = check.type.removeprefix("expect_").replace("_", " ")
+    arguments = ", ".join(f"{k}={json.dumps(v)}" for k, v in check.kwargs.items() if k != "column")
+    return f"{check.says} — `{check.column}`: {rule}" + (f" ({arguments})" if arguments else "")
 
 
 def _set_parameters(suite: Suite) -> set[str]:
@@ -510,6 +518,7 @@ def write_data_docs(outcomes: Sequence[Outcome], folder: Path) -> Path:
             continue
         key = ValidationResultIdentifier(expectation_suite_identifier=ExpectationSuiteIdentifier(name=outcome.suite),
                                          run_id=run_id, batch_identifier=outcome.suite)  # fmt: skip
+        outcome.run.result.meta["run_id"] = run_id  # so the page names the run instead of "__none__"
         context.validation_results_store.set(key, outcome.run.result)
         keys.append(key)
     try:
