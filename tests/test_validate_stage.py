@@ -107,3 +107,21 @@ def test_sample_export_passes_with_its_eight_bad_rows(tmp_path: Path) -> None:
     validated = validate_batch(settings, extract_work(settings, "2026-10"), NOW)
     rates = {o.suite: (o.checked, o.failed_rows) for o in validated.outcomes}
     assert rates == {"customers": (4, 0), "tickets": (100, 0), "worklogs": (504, 9), "usage": (0, 0)}
+
+
+def test_a_draft_failing_its_suite_is_not_posted_and_says_why(settings: Settings) -> None:
+    from billing.models import ApprovalDecision
+    from tasks.post import post_approved
+    from tests.test_quality import draft
+
+    ledger = Ledger(settings.resolved_ledger_url)
+    good, empty = draft("ACME", [100, 250]), draft("GLOBEX", [100, -100])
+    ledger.save_drafts("2026-10", [good, empty], actor="test")
+    ledger.record_decisions([ApprovalDecision(draft_key=d.key, approved=True, approver="t", decided_at=NOW)
+                             for d in (good, empty)])  # fmt: skip
+    receipts, failures = post_approved(settings.model_copy(update={"erp": "files"}), "2026-10")
+
+    assert [r.draft_key for r in receipts] == [good.key]
+    assert [(f.draft_key, f.error) for f in failures] == [
+        (empty.key, "not posted: the total is zero or negative and the draft is not a credit note: total_minor=0")]
+    assert [p.name for p in (settings.erp_files_dir / "2026-10").glob("*.json")] == ["ACME-default-EUR-v1.json"]
