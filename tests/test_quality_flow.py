@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,19 +32,23 @@ def run(home: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., dict[str, 
 def test_a_run_leaves_data_docs_and_a_quality_artifact(run: Callable[..., dict[str, Any]], home: Path) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     summary = run()
     assert summary["counts"]["quarantined"] == 8
 
     (index,) = (home / "data-docs").glob("*/index.html")
     assert {p.stem for p in index.parent.glob("validations/*/*/*/*.html")} == {"customers", "tickets", "worklogs"}
-    with get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client:  # the server is shared by the session: this run's are newest
         keys = ["data-quality-202610", "data-quality-examples-202610"]
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
-    by_key = {a.key: a for a in artifacts}
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)),
+                                          sort=ArtifactSort.CREATED_DESC)  # fmt: skip
+    by_key: dict[str, Any] = {}
+    for artifact in artifacts:
+        by_key.setdefault(artifact.key, artifact)
     assert set(by_key) == set(keys)
     table = by_key["data-quality-202610"].data
-    rows = table if isinstance(table, list) else __import__("json").loads(table)
+    rows = table if isinstance(table, list) else json.loads(table)
     worklogs = next(r for r in rows if r["suite"] == "worklogs" and r["expectation"] == "(rows)")
     assert (worklogs["rows_checked"], worklogs["rows_failed"]) == (504, 9)
     assert {"suite": "worklogs", "expectation": "unknown customer", "rows_checked": 504, "rows_failed": 1,
