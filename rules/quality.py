@@ -182,6 +182,7 @@ class SuiteRun:
 def run_suite(suite: Suite, frame: pd.DataFrame, parameters: Mapping[str, Any]) -> SuiteRun:
     """Validate ``frame`` (one batch, every expectation at once) and say which rows failed which check."""
     import great_expectations as gx
+    from great_expectations.validator.v1_validator import Validator as V1Validator
 
     if not frame.index.equals(pd.RangeIndex(len(frame))):  # row numbers are positions; copy only if not
         frame = frame.reset_index(drop=True)
@@ -192,22 +193,26 @@ def run_suite(suite: Suite, frame: pd.DataFrame, parameters: Mapping[str, Any]) 
     expectations = []
     # A column's position in a known set is empty exactly where the column is: its not-null check runs there
     # too, so GX's batch (filtered once per expectation) keeps fewer columns.
-    coded_of = {c.column: f"{c.column}@{c.set_parameter}" for c in suite.checks if c.set_parameter}
-    for check in suite.checks:
+    coded_of: dict[str, str] = {}
+    for c in suite.checks:
+        if c.set_parameter:
+            coded_of.setdefault(c.column, f"{c.column}@{c.set_parameter}")
+    for number, check in enumerate(suite.checks):
         name = check.set_parameter
+        meta = check.config["meta"] | {"check": number}  # results are matched to checks by this, not by order
         if check.type == NOT_NULL and check.column in coded_of:
             expectations.append({"description": _described(check)} | check.config
-                                | {"kwargs": check.kwargs | {"column": coded_of[check.column]}})
+                                | {"kwargs": check.kwargs | {"column": coded_of[check.column]}, "meta": meta})
             continue
         if name is None:
             for column in check.columns:
                 columns.setdefault(column, _for_gx(frame[column], check.type))
-            expectations.append({"description": _described(check)} | check.config)
+            expectations.append({"description": _described(check)} | check.config | {"meta": meta})
             continue
-        coded = coded_of[check.column]
+        coded = f"{check.column}@{name}"
         columns[coded] = _positions(frame[check.column], parameters[name])
         expectations.append({
-            "type": BETWEEN, "kwargs": {"column": coded, "min_value": 0}, "meta": check.config["meta"],
+            "type": BETWEEN, "kwargs": {"column": coded, "min_value": 0}, "meta": meta,
             "description": f"`{check.column}` is one of `{name}` (checked by its position in that set, "
                            f"-1 when it is not there): {check.says} otherwise",
         })  # fmt: skip
@@ -220,17 +225,22 @@ def run_suite(suite: Suite, frame: pd.DataFrame, parameters: Mapping[str, Any]) 
     asset = next((a for a in source.assets if a.name == suite.name), None) or source.add_dataframe_asset(suite.name)
     definition = next((d for d in asset.batch_definitions if d.name == "all"), None)
     definition = definition or asset.add_batch_definition_whole_dataframe("all")
-    batch = definition.get_batch(batch_parameters={"dataframe": pd.DataFrame(columns, index=frame.index)})
     # COMPLETE for every failing row; row numbers, not per-row dicts; no pandas query text of every index.
     result_format = {"result_format": "COMPLETE", "return_unexpected_index_query": False}
-    result = batch.validate(gx_suite, result_format=result_format, expectation_parameters=used)
-    failed = []
-    for check, outcome in zip(suite.checks, result.results, strict=True):
+    # GX's own validator, as Batch.validate makes it, minus the batch Batch.validate would load and
+    # fingerprint (hash every value) a second time.
+    validator = V1Validator(batch_definition=definition, result_format=result_format,
+                            batch_parameters={"dataframe": pd.DataFrame(columns, index=frame.index)})  # fmt: skip
+    result = validator.validate_expectation_suite(gx_suite, expectation_parameters=used)
+    failed: list[np.ndarray] = [np.array([], dtype=np.int64)] * len(suite.checks)
+    for outcome in result.results:
+        number = outcome.expectation_config.meta["check"]
+        check = suite.checks[number]
         if outcome.exception_info and outcome.exception_info.get("raised_exception"):
             message = outcome.exception_info["exception_message"]
             raise RuntimeError(f"suite {suite.name!r}: check {check.says!r} could not run: {message}")
         rows = np.asarray(outcome.result.get("unexpected_index_list") or [], dtype=np.int64)
-        failed.append(rows)
+        failed[number] = rows
         _trim_for_docs(outcome.result, frame, check, rows)
     return SuiteRun(suite=suite, rows=len(frame), failed=failed, result=result)
 
