@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from billing.errors import ConfigurationError
 from billing.models import ChargeLine, InvoiceDraft, empty_usage
@@ -255,3 +257,30 @@ def test_set_checks_by_position_fail_the_same_rows_as_plain_isin() -> None:
         positions = _positions(series, ["b", "a"])
         assert np.isnan(positions[1])
         assert list(np.nan_to_num(positions, nan=99)) == [1, 99, -1, 0, 1]
+
+
+# -- bad input of any kind: a quarantine with a reason, never a crash ----------------------------------
+
+ANY_VALUE = st.one_of(
+    st.none(), st.text(max_size=12), st.integers(-(10**6), 10**6), st.floats(allow_nan=True), st.dates().map(str),
+    st.sampled_from(["ACME", "storage_gb", "2026-10-05", "1.5", ""]),
+)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(rows=st.lists(st.fixed_dictionaries({column: ANY_VALUE for column in ("customer_id", "metric", "quantity",
+                                                                              "occurred_on")}),
+                     min_size=1, max_size=6))  # fmt: skip
+def test_any_usage_rows_are_either_valid_or_quarantined_with_a_reason(rows: list[dict[str, object]]) -> None:
+    frame = usage_rows().iloc[:0].reindex(range(len(rows)))
+    for column in ("key", "source_id"):
+        frame[column] = [f"{column}-{n}" for n in range(len(rows))]
+    frame[["source_file", "source_row"]] = ["usage.csv", 2]
+    for column in ("customer_id", "metric", "quantity", "occurred_on"):
+        frame[column] = pd.Series([r[column] for r in rows], dtype=object)
+    outcome = validate_usage(frame, ["ACME"], ["storage_gb"], "2026-10", NOW)
+
+    assert sorted(outcome.valid["key"].tolist() + outcome.quarantined["key"].tolist()) == sorted(frame["key"])
+    assert all(reason and "usage.csv row 2" in reason for reason in outcome.quarantined["reason"])
+    valid = outcome.valid
+    assert (valid["customer_id"] == "ACME").all() and (valid["metric"] == "storage_gb").all()
