@@ -201,8 +201,11 @@ def run_suite(suite: Suite, frame: pd.DataFrame, parameters: Mapping[str, Any]) 
         name = check.set_parameter
         meta = check.config["meta"] | {"check": number}  # results are matched to checks by this, not by order
         if check.type == NOT_NULL and check.column in coded_of:
-            expectations.append({"description": _described(check)} | check.config
-                                | {"kwargs": check.kwargs | {"column": coded_of[check.column]}, "meta": meta})
+            expectations.append(
+                {"description": _described(check)}
+                | check.config
+                | {"kwargs": check.kwargs | {"column": coded_of[check.column]}, "meta": meta}
+            )
             continue
         if name is None:
             for column in check.columns:
@@ -351,8 +354,11 @@ def quarantine(
             if check.type == UNIQUE:  # a repeated id: one reason naming every row it is on
                 if not rows_of_key and "source_row" in frame:
                     rows_of_key = frame.groupby("key")["source_row"].agg(list).to_dict()
-                where = f" ({record['source_file']} rows {' and '.join(map(str, rows_of_key[key]))})" \
-                    if key in rows_of_key and record.get("source_file") is not None else ""
+                where = (
+                    f" ({record['source_file']} rows {' and '.join(map(str, rows_of_key[key]))})"
+                    if key in rows_of_key and record.get("source_file") is not None
+                    else ""
+                )
                 reasons[key].append(f"{check.says}: {record['source_id']}{where}")
             else:
                 says = problems.get((check.column, value), check.says) if check.set_parameter else check.says
@@ -437,8 +443,11 @@ def validate_tickets(tickets: pd.DataFrame, known_customers: Collection[str], no
     if "source_file" not in frame:  # the file-drop reader numbers rows but leaves the file name to us
         frame["source_file"] = "tickets" if "source_row" in frame else None
     for column in ("created_at", "resolved_at"):
-        frame[column] = _utc(frame[column]) if column in frame else pd.Series(pd.NaT, index=frame.index,
-                                                                              dtype="datetime64[ns, UTC]")
+        frame[column] = (
+            _utc(frame[column])
+            if column in frame
+            else pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
+        )
     return _entity_outcome("tickets", frame, {"known_customers": list(known_customers), "now": pd.Timestamp(now)})
 
 
@@ -498,8 +507,10 @@ def validate_drafts(
     outcome = _entity_outcome("drafts", frame, {"known_currencies": sorted(CURRENCY_EXPONENTS),
                                                 "mapped_customers": sorted(mapped)})  # fmt: skip
     customer_of = dict(zip(frame["key"], frame["customer_id"], strict=True))
-    problems = [DraftProblem(k, customer_of[k], r) for k, r in zip(outcome.quarantined["key"],
-                                                                  outcome.quarantined["reason"], strict=True)]
+    problems = [
+        DraftProblem(k, customer_of[k], r)
+        for k, r in zip(outcome.quarantined["key"], outcome.quarantined["reason"], strict=True)
+    ]
     return problems, outcome
 
 
@@ -564,8 +575,12 @@ def summary_markdown(outcomes: Sequence[Outcome], docs: Path | None) -> str:
             lines += ["", f"### {outcome.suite}: failed per expectation", ""]
             lines += [f"- {says}: {n}" for says, n in outcome.failed_per_check.items()]
             lines += ["", "Examples:", ""]
-            lines += [f"- `{s}`: {r}" for s, r in zip(outcome.quarantined["source_id"][:EXAMPLES],
-                                                       outcome.quarantined["reason"][:EXAMPLES], strict=True)]
+            lines += [
+                f"- `{s}`: {r}"
+                for s, r in zip(
+                    outcome.quarantined["source_id"][:EXAMPLES], outcome.quarantined["reason"][:EXAMPLES], strict=True
+                )
+            ]
     return "\n".join(lines) + "\n"
 
 

@@ -73,6 +73,7 @@ def test_every_failed_check_of_a_row_is_named_and_future_dates_fail() -> None:
 
 # -- the suites as files -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["worklogs", "customers", "tickets", "usage", "drafts"])
 def test_every_suite_file_loads_and_says_what_each_expectation_means(name: str) -> None:
     suite = load_suite(name)
@@ -81,12 +82,32 @@ def test_every_suite_file_loads_and_says_what_each_expectation_means(name: str) 
 
 
 def test_a_broken_suite_file_is_named_with_the_expectation(tmp_path: Path) -> None:
-    (tmp_path / "bad.json").write_text(json.dumps({"name": "bad", "expectations": [
-        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "x", "min_value": 1}, "meta": {}}]}))
+    (tmp_path / "bad.json").write_text(
+        json.dumps(
+            {
+                "name": "bad",
+                "expectations": [
+                    {
+                        "type": "expect_column_values_to_be_between",
+                        "kwargs": {"column": "x", "min_value": 1},
+                        "meta": {},
+                    }
+                ],
+            }
+        )
+    )
     with pytest.raises(ConfigurationError, match=r"bad.json: expectation 0 .*meta.says is missing"):
         load_suite("bad", tmp_path)
-    (tmp_path / "typo.json").write_text(json.dumps({"name": "typo", "expectations": [
-        {"type": "expect_column_values_to_be_betwen", "kwargs": {"column": "x"}, "meta": {"says": "x"}}]}))
+    (tmp_path / "typo.json").write_text(
+        json.dumps(
+            {
+                "name": "typo",
+                "expectations": [
+                    {"type": "expect_column_values_to_be_betwen", "kwargs": {"column": "x"}, "meta": {"says": "x"}}
+                ],
+            }
+        )
+    )
     with pytest.raises(ConfigurationError, match=r"typo.json: expectation 0 .*not a valid expectation"):
         load_suite("typo", tmp_path)
 
@@ -134,7 +155,8 @@ def test_customer_and_ticket_problems_become_the_reason_of_their_work_logs() -> 
     worklogs = batch.worklogs
     on_ticket = worklogs.loc[(worklogs["ticket_id"] == "T-1004") & (worklogs["customer_id"] == "ACME")]
     assert reasons[on_ticket["source_id"].iloc[0]].startswith(
-        "ticket 'T-1004' is unusable: created_at is in the future: created_at=")
+        "ticket 'T-1004' is unusable: created_at is in the future: created_at="
+    )
     assert not checked.worklogs.valid["customer_id"].astype(object).eq("GLOBEX").any()
 
 
@@ -262,7 +284,11 @@ def test_set_checks_by_position_fail_the_same_rows_as_plain_isin() -> None:
 # -- bad input of any kind: a quarantine with a reason, never a crash ----------------------------------
 
 ANY_VALUE = st.one_of(
-    st.none(), st.text(max_size=12), st.integers(-(10**6), 10**6), st.floats(allow_nan=True), st.dates().map(str),
+    st.none(),
+    st.text(max_size=12),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.dates().map(str),
     st.sampled_from(["ACME", "storage_gb", "2026-10-05", "1.5", ""]),
 )
 

@@ -123,5 +123,6 @@ def test_a_draft_failing_its_suite_is_not_posted_and_says_why(settings: Settings
 
     assert [r.draft_key for r in receipts] == [good.key]
     assert [(f.draft_key, f.error) for f in failures] == [
-        (empty.key, "not posted: the total is zero or negative and the draft is not a credit note: total_minor=0")]
+        (empty.key, "not posted: the total is zero or negative and the draft is not a credit note: total_minor=0")
+    ]
     assert [p.name for p in (settings.erp_files_dir / "2026-10").glob("*.json")] == ["ACME-default-EUR-v1.json"]
