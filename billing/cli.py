@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -75,6 +76,20 @@ def _quiet_stdout(as_json: bool, status: str) -> Iterator[None]:
             yield
 
 
+class _NoTracebackForUserErrors(logging.Filter):
+    """Prefect logs a failed task's or flow's traceback; for a user's mistake the message is the whole story."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserFacingError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_user_errors() -> None:
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(name).addFilter(_NoTracebackForUserErrors())
+
+
 def _fail(exc: UserFacingError) -> typer.Exit:
     err.print(f"[bold red]error:[/] {exc}", highlight=False)
     if exc.hint:
@@ -124,6 +139,7 @@ def run(
         from flows.ticket_to_invoice import preflight, ticket_to_invoice
 
         preflight(settings)  # a user's mistake is an error message here, not a failed run with a traceback
+        _quiet_user_errors()  # and one found during the run (too many bad rows) is a message too
 
         with _quiet_stdout(as_json, "Billing…"):
             summary = ticket_to_invoice(

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     approve: Literal["auto", "manual"] = "auto"
     approval_timeout_seconds: int = Field(default=3600, ge=1)
     period: str | None = Field(default=None, description="YYYY-MM; default: the export's own period.")
+    max_failure_rate: float = Field(
+        default=0.2, ge=0, le=1,
+        description="Stop the run when more than this share of one suite's rows fails validation (0.2 = 20%).",
+    )  # fmt: skip
 
     @classmethod
     def settings_customise_sources(

@@ -13,7 +13,7 @@ from tasks.extract import extract, make_source, resolve_period
 from tasks.post import erp_session, post
 from tasks.price import draft, price_stage
 from tasks.reconcile import period_summary, publish, reconcile, write_back
-from tasks.validate import validate
+from tasks.validate import validate_stage
 
 
 @flow(name="ticket-to-invoice", log_prints=True)
@@ -32,8 +32,8 @@ def ticket_to_invoice(
     period = resolve_period(settings)
 
     batch = extract(settings, period)
-    valid = validate(settings, batch)
-    lines = price_stage(settings, batch, valid)
+    validated = validate_stage(settings, batch)  # .worklogs and .usage passed their suites
+    lines = price_stage(settings, batch, validated.worklogs)
     drafts = draft(settings, batch, lines)
     for_a_human = approval_policy(settings, drafts)
     ask_a_human(settings, for_a_human)

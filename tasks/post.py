@@ -18,6 +18,7 @@ from connectors.base import ErpConnector
 from connectors.file_erp import FileErp
 from connectors.tryton import TrytonErp
 from connectors.tryton_rpc import TrytonRpc
+from rules.quality import validate_drafts
 
 
 def make_erp(settings: Settings) -> ErpConnector:
@@ -56,7 +57,13 @@ def post_approved(settings: Settings, period: str) -> tuple[list[PostingReceipt]
     ledger = Ledger(settings.resolved_ledger_url)
     erp = make_erp(settings)
     approved = ledger.drafts(period, states=[DraftState.APPROVED])
-    receipts, failures = erp.post(approved)
+    # The drafts suite (rules/suites/drafts.json) is the last gate: a bad draft stays approved and unposted,
+    # reported as a failed posting with its reason, and is checked again on the next run.
+    # mapped_customers=None: both ERPs here create a customer missing by its code, so every customer maps.
+    problems, _ = validate_drafts(approved, mapped_customers=None)
+    refused = {p.key: p.reason for p in problems}
+    receipts, failures = erp.post([d for d in approved if d.key not in refused])
+    failures += [PostingFailure(draft_key=k, erp=erp.name, error=f"not posted: {r}") for k, r in refused.items()]
     ledger.record_postings(receipts, actor=f"post:{erp.name}")
     return receipts, failures
 

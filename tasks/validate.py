@@ -1,8 +1,13 @@
-"""Validate: the data-quality gate. Failing rows are quarantined with their reasons; the rest go on."""
+"""Validate: the data-quality gate. Every entity of a batch goes through its suite (rules/suites/); failing
+work logs and usage records are quarantined in the ledger with their reasons and retried on the next run;
+the rest go on. Each run leaves GX Data Docs under ``$HOME/data-docs/<run>/`` and a summary artifact."""
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 from prefect import task
@@ -11,35 +16,153 @@ from prefect.cache_policies import NO_CACHE
 from billing.ledger import Ledger, WorkState
 from billing.models import WorkBatch
 from billing.settings import Settings
-from rules.quality import Outcome, validate_worklogs
+from rules.quality import (
+    Outcome,
+    gate,
+    summary_markdown,
+    summary_table,
+    validate_customers,
+    validate_tickets,
+    validate_usage,
+    validate_worklogs,
+    write_data_docs,
+)
 from rules.schema import RuleSet, load_rules
 
 
-def check_worklogs(batch: WorkBatch, rules: RuleSet, now: datetime | None = None) -> Outcome:
-    """Run the work-log suite on a batch against what it and the rules know (writes nothing)."""
-    usable = [c.customer_id for c in batch.customers if c.customer_id not in batch.customer_problems]
-    return validate_worklogs(
+@dataclass
+class Checked:
+    """Every suite's outcome for one batch (nothing written yet)."""
+
+    customers: Outcome
+    tickets: Outcome
+    worklogs: Outcome
+    usage: Outcome
+
+    @property
+    def all(self) -> list[Outcome]:
+        return [self.customers, self.tickets, self.worklogs, self.usage]
+
+
+def _customer_problems(batch: WorkBatch, customers: Outcome) -> dict[str, str]:
+    """Why each unusable customer is unusable: what the connector found, then what the suite found."""
+    found = _reasons(customers, "customer")
+    return found | batch.customer_problems
+
+
+def _reasons(outcome: Outcome, what: str) -> dict[str, str]:
+    pairs = zip(outcome.quarantined["key"], outcome.quarantined["reason"], strict=True)
+    return {key: f"{what} {key!r} is unusable: {reason}" for key, reason in pairs}
+
+
+def check_batch(batch: WorkBatch, rules: RuleSet, now: datetime | None = None) -> Checked:
+    """Run every suite on a batch against what it and the rules know (writes nothing)."""
+    now = now or datetime.now(UTC)
+    customers = validate_customers(batch.customers)
+    problems = _customer_problems(batch, customers)
+    usable = [c.customer_id for c in batch.customers if c.customer_id not in problems]
+    # A ticket of an unusable customer is no broken ticket: its work logs carry the customer's problem.
+    tickets = validate_tickets(batch.tickets, [c.customer_id for c in batch.customers] + list(problems), now)
+    ticket_problems = _reasons(tickets, "ticket")
+    worklogs = validate_worklogs(
         batch.worklogs,
         batch.issues,
         known_customers=usable,
-        customer_problems=batch.customer_problems,
+        customer_problems=problems,
         known_services=list(rules.services),
-        known_tickets=batch.tickets["ticket_id"].tolist(),
-        now=now or datetime.now(UTC),
+        known_tickets=[t for t in batch.tickets["ticket_id"].tolist() if t not in ticket_problems],
+        now=now,
+        period=batch.period,
+        ticket_problems=ticket_problems,
     )
+    usage = validate_usage(batch.usage, usable, list(rules.usage), batch.period, now, customer_problems=problems)
+    return Checked(customers=customers, tickets=tickets, worklogs=worklogs, usage=usage)
+
+
+def check_worklogs(batch: WorkBatch, rules: RuleSet, now: datetime | None = None) -> Outcome:
+    """The work-log outcome of ``check_batch`` (also used by the ``price`` preview)."""
+    return check_batch(batch, rules, now).worklogs
+
+
+def check_usage(batch: WorkBatch, rules: RuleSet, now: datetime | None = None) -> Outcome:
+    """The usage outcome of ``check_batch``."""
+    return check_batch(batch, rules, now).usage
+
+
+@dataclass
+class Validated:
+    """What passed the gate: the rows to price."""
+
+    worklogs: pd.DataFrame
+    usage: pd.DataFrame
+    data_docs: Path | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+def _run_name(batch: WorkBatch, now: datetime) -> str:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    tag = context.flow_run.name if context and context.flow_run else uuid.uuid4().hex[:6]
+    return f"{now:%Y%m%dT%H%M%SZ}-{batch.period}-{tag}"
+
+
+def _in_prefect_run() -> bool:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
+
+
+def _publish(outcomes: list[Outcome], docs: Path | None, period: str) -> None:
+    """Rows checked, failed per expectation and a few examples, as artifacts of the run in the Prefect UI."""
+    if not _in_prefect_run():  # outside a run an artifact would start a Prefect server of its own
+        return
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    slug = period.replace("-", "")
+    create_table_artifact(key=f"data-quality-{slug}", table=summary_table(outcomes),
+                          description=f"Data quality of {period}: rows checked and failed per expectation")  # fmt: skip
+    create_markdown_artifact(key=f"data-quality-examples-{slug}", markdown=summary_markdown(outcomes, docs),
+                             description=f"Data quality of {period}: failing rows, examples, Data Docs")  # fmt: skip
+
+
+def _register_usage(ledger: Ledger, usage: pd.DataFrame) -> pd.DataFrame:
+    """Usage records as work items, so they can be quarantined and retried; the ones already billed leave.
+
+    Extract registers work logs; until it registers usage too this does (registering twice is harmless)."""
+    if usage.empty:
+        return usage
+    seen = ledger.register(usage.drop_duplicates("key"), actor=f"validate:{usage['source_system'].iloc[0]}")
+    return usage[usage["key"].isin(set(seen.loc[seen["process"], "key"]))].reset_index(drop=True)
+
+
+def validate_batch(settings: Settings, batch: WorkBatch, now: datetime | None = None) -> Validated:
+    """Validate every entity; quarantine failing work logs and usage in the ledger (nothing is lost), write
+    the Data Docs and the summary artifact, then stop the run if a suite failed more than
+    ``max_failure_rate`` of its rows."""
+    now = now or datetime.now(UTC)
+    ledger = Ledger(settings.resolved_ledger_url)
+    batch = replace(batch, usage=_register_usage(ledger, batch.usage))
+    checked = check_batch(batch, load_rules(settings.rules_file), now)
+    for outcome in (checked.worklogs, checked.usage):
+        ledger.set_state(
+            outcome.quarantined["key"].tolist(),
+            WorkState.QUARANTINED,
+            actor="validate",
+            reasons=outcome.quarantined["reason"].tolist(),
+            details=[{"failed": d, "suite": outcome.suite} for d in outcome.quarantined["details"]],
+        )
+    docs = write_data_docs(checked.all, settings.home / "data-docs" / _run_name(batch, now))
+    _publish(checked.all, docs, batch.period)
+    gate(checked.all, settings.max_failure_rate, docs)
+    return Validated(worklogs=checked.worklogs.valid, usage=checked.usage.valid, data_docs=docs,
+                     outcomes=checked.all)  # fmt: skip
 
 
 def validate_work(settings: Settings, batch: WorkBatch, now: datetime | None = None) -> pd.DataFrame:
-    """The valid work logs of the batch; invalid ones are quarantined in the ledger."""
-    outcome = check_worklogs(batch, load_rules(settings.rules_file), now)
-    Ledger(settings.resolved_ledger_url).set_state(
-        outcome.quarantined["key"].tolist(),
-        WorkState.QUARANTINED,
-        actor="validate",
-        reasons=outcome.quarantined["reason"].tolist(),
-        details=[{"failed": d} for d in outcome.quarantined["details"]],
-    )
-    return outcome.valid
+    """The valid work logs of the batch (``validate_batch`` for the valid usage too)."""
+    return validate_batch(settings, batch, now).worklogs
 
 
 validate = task(validate_work, name="validate", cache_policy=NO_CACHE)
+validate_stage = task(validate_batch, name="validate", cache_policy=NO_CACHE)

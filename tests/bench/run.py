@@ -30,11 +30,12 @@ def timed(work: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def main(names: list[str]) -> None:
-    from tests.bench import bench_pricing, bench_tryton
+    from tests.bench import bench_pricing, bench_tryton, bench_validation
 
     benchmarks: dict[str, Callable[[], dict[str, Any]]] = {
         "pricing": bench_pricing.run,
         "tryton_posting": bench_tryton.run,
+        "validation": bench_validation.run,
     }
     chosen = names or list(benchmarks)
     entries = {e["name"]: e for e in json.loads(RESULTS.read_text())} if RESULTS.exists() else {}
