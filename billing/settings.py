@@ -64,6 +64,11 @@ class Settings(BaseSettings):
         default=0.2, ge=0, le=1,
         description="Stop the run when more than this share of one suite's rows fails validation (0.2 = 20%).",
     )  # fmt: skip
+    failure_rate_min_rows: int = Field(
+        default=10, ge=1,
+        description="A suite of fewer rows never stops the run (one bad customer of four is no trend); its bad "
+        "rows are still quarantined.",
+    )  # fmt: skip
 
     @classmethod
     def settings_customise_sources(

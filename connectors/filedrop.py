@@ -246,6 +246,11 @@ class FileDropSource:
         """Read every file once, so an unreadable one is reported before a run starts."""
         for entity in (CUSTOMERS, TICKETS, WORKLOGS):
             read_table(_find(self.folder, entity), entity)
+        if self._has_usage():
+            read_table(_find(self.folder, USAGE), USAGE)
+
+    def _has_usage(self) -> bool:
+        return any((self.folder / f"usage{ext}").exists() for ext in (".csv", ".json", ".jsonl"))
 
     def extract(self, period: str | None = None) -> WorkBatch:
         period = period or self.default_period()
@@ -269,7 +274,7 @@ class FileDropSource:
     def _usage(self, period: str, notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The optional usage file (subscription quantities a billing-support system exports), this period's
         rows; a quantity that is no number (up to 3 decimals) or a day that is no date is an issue."""
-        if not any((self.folder / f"usage{ext}").exists() for ext in (".csv", ".json", ".jsonl")):
+        if not self._has_usage():
             return empty_usage(), pd.DataFrame(columns=list(ISSUE_COLUMNS))
         path = _find(self.folder, USAGE)
         frame, more = read_table(path, USAGE)

@@ -33,7 +33,7 @@ def ticket_to_invoice(
 
     batch = extract(settings, period)
     validated = validate_stage(settings, batch)  # .worklogs and .usage passed their suites
-    lines = price_stage(settings, batch, validated.worklogs)
+    lines = price_stage(settings, batch, validated.worklogs, validated.usage)
     drafts = draft(settings, batch, lines)
     for_a_human = approval_policy(settings, drafts)
     ask_a_human(settings, for_a_human)

@@ -584,9 +584,10 @@ def summary_markdown(outcomes: Sequence[Outcome], docs: Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gate(outcomes: Sequence[Outcome], max_failure_rate: float, docs: Path | None) -> None:
-    """Refuse to go on when a suite's failing rows exceed the allowed share of its rows."""
-    over = [o for o in outcomes if o.checked and o.failure_rate > max_failure_rate]
+def gate(outcomes: Sequence[Outcome], max_failure_rate: float, docs: Path | None, min_rows: int = 1) -> None:
+    """Refuse to go on when a suite's failing rows exceed the allowed share of its rows (for suites of at
+    least ``min_rows`` rows: in a handful of rows a share says little)."""
+    over = [o for o in outcomes if o.checked >= min_rows and o.failure_rate > max_failure_rate]
     if not over:
         return
     what = "; ".join(f"suite {o.suite!r}: {o.failed_rows} of {o.checked} rows failed ({o.failure_rate:.1%})"

@@ -22,11 +22,14 @@ from rules.retainers import balances, draw_down
 from rules.schema import RuleSet, load_rules
 from rules.usage import usage_lines
 from tasks.extract import make_source
-from tasks.validate import check_worklogs
+from tasks.validate import check_batch
 
 
-def price_work(settings: Settings, batch: WorkBatch, valid: pd.DataFrame) -> pd.DataFrame:
-    """Charge lines for the valid work logs; non-billable and unpriceable ones are settled in the ledger."""
+def price_work(
+    settings: Settings, batch: WorkBatch, valid: pd.DataFrame, usage: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Charge lines for the valid work logs and usage records; non-billable, held and unpriceable work logs
+    are settled in the ledger."""
     rules = load_rules(settings.rules_file)
     result = price(valid, batch.customers, rules, batch.tickets)
     ledger = Ledger(settings.resolved_ledger_url)
@@ -45,9 +48,7 @@ def price_work(settings: Settings, batch: WorkBatch, valid: pd.DataFrame) -> pd.
     ledger.set_state(result.held["key"].tolist(), WorkState.HELD, actor="price", reasons=result.held["rule"].tolist())
     work = _bill_ticket_fees_once(ledger, batch, rules, result.lines)
     ledger.set_state(line_items(work), WorkState.PRICED, actor="price")
-    usage, refused = usage_to_price(batch, rules)
-    ledger.set_state(list(refused), WorkState.QUARANTINED, actor="price:usage", reasons=list(refused.values()))
-    metered = usage_lines(usage, batch.customers, rules, batch.period)
+    metered = usage_lines(batch.usage.iloc[:0] if usage is None else usage, batch.customers, rules, batch.period)
     ledger.set_state(line_items(metered), WorkState.PRICED, actor="price")
     made = _rule_lines_to_bill(ledger, batch, rules)
     parts = [p for p in (work, metered, made) if len(p)]
@@ -70,27 +71,6 @@ def _bill_ticket_fees_once(ledger: Ledger, batch: WorkBatch, rules: RuleSet, lin
         reasons += [f"{source}: covered by the ticket's fixed price, billed before"] * (len(keys) - 1)
     ledger.set_state(covered, WorkState.NON_BILLABLE, actor="price:ticket-fees", reasons=reasons)
     return lines.drop(index=billed.index)
-
-
-def usage_to_price(batch: WorkBatch, rules: RuleSet) -> tuple[pd.DataFrame, dict[str, str]]:
-    """The usage records that can be priced, and the reason for each that cannot (quarantined)."""
-    usage = batch.usage
-    if usage.empty:
-        return usage, {}
-    reasons: dict[str, str] = {}
-    for issue in batch.issues[batch.issues["key"].isin(usage["key"])].itertuples():
-        reasons[issue.key] = f"{issue.problem}: {issue.value!r} ({issue.source_file} row {issue.source_row})"
-    known = {c.customer_id for c in batch.customers} - set(batch.customer_problems)
-    where = usage["source_file"] + " row " + usage["source_row"].astype(str)
-    checks = [  # (rows failing, the field shown, what it means)
-        (usage["key"].duplicated(keep=False), "source_id", "the usage record id appears more than once"),
-        (~usage["customer_id"].isin(known), "customer_id", "unknown customer"),
-        (~usage["metric"].isin(list(rules.usage)), "metric", "unknown metric (not under usage: in the rules file)"),
-    ]
-    for failed, field, says in checks:
-        for key, value, at in zip(usage["key"][failed], usage[field][failed], where[failed], strict=True):
-            reasons.setdefault(key, f"{says}: {field}={value!r} ({at})")
-    return usage[~usage["key"].isin(reasons)], reasons
 
 
 def line_items(lines: pd.DataFrame) -> list[str]:
@@ -268,11 +248,10 @@ def preview(settings: Settings, period: str, now: datetime | None = None) -> dic
     non-billable are listed with their reasons."""
     rules = load_rules(settings.rules_file)
     batch = make_source(settings).extract(period)
-    checked = check_worklogs(batch, rules, now)
-    result = price(checked.valid, batch.customers, rules, batch.tickets)
-    usage, refused = usage_to_price(batch, rules)
-    parts = [p for p in (result.lines, usage_lines(usage, batch.customers, rules, period), rule_lines(batch, rules))
-             if len(p)]  # fmt: skip
+    checked = check_batch(batch, rules, now)
+    result = price(checked.worklogs.valid, batch.customers, rules, batch.tickets)
+    metered = usage_lines(checked.usage.valid, batch.customers, rules, period)
+    parts = [p for p in (result.lines, metered, rule_lines(batch, rules)) if len(p)]
     lines = pd.concat(parts, ignore_index=True) if len(parts) > 1 else result.lines
     drafts = group_drafts(batch, lines, rules, posted={})
     return {
@@ -289,9 +268,11 @@ def preview(settings: Settings, period: str, now: datetime | None = None) -> dic
                    for d in drafts],
         "non_billable": [{"key": k, "rule": r} for k, r in zip(result.non_billable["key"],
                                                                  result.non_billable["rule"], strict=True)],
-        "quarantined": [{"source_id": s, "reason": r} for s, r in zip(checked.quarantined["source_id"],
-                                                                        checked.quarantined["reason"], strict=True)]
+        "quarantined": [{"source_id": s, "reason": r} for s, r in zip(checked.worklogs.quarantined["source_id"],
+                                                                        checked.worklogs.quarantined["reason"],
+                                                                        strict=True)]
         + [{"source_id": k, "reason": r} for k, r in zip(result.unpriceable["key"], result.unpriceable["reason"],
                                                           strict=True)]
-        + [{"source_id": k, "reason": r} for k, r in refused.items()],
+        + [{"source_id": s, "reason": r} for s, r in zip(checked.usage.quarantined["source_id"],
+                                                          checked.usage.quarantined["reason"], strict=True)],
     }  # fmt: skip

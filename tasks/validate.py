@@ -5,7 +5,7 @@ the rest go on. Each run leaves GX Data Docs under ``$HOME/data-docs/<run>/`` an
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -126,23 +126,12 @@ def _publish(outcomes: list[Outcome], docs: Path | None, period: str) -> None:
                              description=f"Data quality of {period}: failing rows, examples, Data Docs")  # fmt: skip
 
 
-def _register_usage(ledger: Ledger, usage: pd.DataFrame) -> pd.DataFrame:
-    """Usage records as work items, so they can be quarantined and retried; the ones already billed leave.
-
-    Extract registers work logs; until it registers usage too this does (registering twice is harmless)."""
-    if usage.empty:
-        return usage
-    seen = ledger.register(usage.drop_duplicates("key"), actor=f"validate:{usage['source_system'].iloc[0]}")
-    return usage[usage["key"].isin(set(seen.loc[seen["process"], "key"]))].reset_index(drop=True)
-
-
 def validate_batch(settings: Settings, batch: WorkBatch, now: datetime | None = None) -> Validated:
     """Validate every entity; quarantine failing work logs and usage in the ledger (nothing is lost), write
     the Data Docs and the summary artifact, then stop the run if a suite failed more than
     ``max_failure_rate`` of its rows."""
     now = now or datetime.now(UTC)
     ledger = Ledger(settings.resolved_ledger_url)
-    batch = replace(batch, usage=_register_usage(ledger, batch.usage))
     checked = check_batch(batch, load_rules(settings.rules_file), now)
     for outcome in (checked.worklogs, checked.usage):
         ledger.set_state(
@@ -154,15 +143,9 @@ def validate_batch(settings: Settings, batch: WorkBatch, now: datetime | None = 
         )
     docs = write_data_docs(checked.all, settings.home / "data-docs" / _run_name(batch, now))
     _publish(checked.all, docs, batch.period)
-    gate(checked.all, settings.max_failure_rate, docs)
+    gate(checked.all, settings.max_failure_rate, docs, settings.failure_rate_min_rows)
     return Validated(worklogs=checked.worklogs.valid, usage=checked.usage.valid, data_docs=docs,
                      outcomes=checked.all)  # fmt: skip
 
 
-def validate_work(settings: Settings, batch: WorkBatch, now: datetime | None = None) -> pd.DataFrame:
-    """The valid work logs of the batch (``validate_batch`` for the valid usage too)."""
-    return validate_batch(settings, batch, now).worklogs
-
-
-validate = task(validate_work, name="validate", cache_policy=NO_CACHE)
 validate_stage = task(validate_batch, name="validate", cache_policy=NO_CACHE)

@@ -556,3 +556,19 @@ def test_trailing_comma_on_every_row_does_not_shift_columns(export: Path) -> Non
         return
     assert batch.worklogs["key"].tolist() == [PREFIX + "A", PREFIX + "B"]
     assert batch.worklogs["customer_id"].tolist() == ["ACME", "GLOBEX"]
+
+
+def test_a_usage_file_is_read_for_the_period_and_an_unreadable_one_stops_the_run(tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(SAMPLE, export)
+    (export / "usage.csv").write_text("record_id,customer_id,metric,quantity,occurred_on\n"
+                                      "U-1,ACME,backup_gb,12.5,2026-10-31\nU-2,ACME,backup_gb,3,2026-09-30\n"
+                                      "U-3,ACME,backup_gb,-1,2026-10-02\n")  # fmt: skip
+    batch = FileDropSource(export).extract("2026-10")
+    assert batch.usage["source_id"].tolist() == ["U-1", "U-3"]  # September's record is another period's
+    assert batch.usage["key"].tolist() == [f"files:{batch.instance}:usage:U-1", f"files:{batch.instance}:usage:U-3"]
+    assert batch.issues.loc[batch.issues["field"] == "quantity", "source_row"].tolist() == [4]
+    (export / "usage.csv").write_text("record_id,customer_id,metric\nU-1,ACME,backup_gb\n")
+    with pytest.raises(InputError, match=r"usage\.csv") as raised:
+        FileDropSource(export).check()
+    assert "quantity" in str(raised.value)

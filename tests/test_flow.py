@@ -309,7 +309,7 @@ def test_managed_services_usage_prepaid_hours_and_ticket_fees_are_billed_once(
         ("INITECH", "Cloud backup (GB), minimum commitment, 2026-10"): 1560,  # 18.00 − 2.40
     }
     quarantined = {q["source_id"]: q["reason"] for q in first["quarantined"]}
-    assert "quantity is not a number" in quarantined["U-5"]
+    assert "quantity is not a non-negative number" in quarantined["U-5"]
     assert "unknown metric" in quarantined["U-6"] and "unknown customer" in quarantined["U-7"]
     assert "U-8" not in quarantined  # September's record is another period's
 

@@ -79,13 +79,19 @@ def test_the_failure_rate_setting_comes_from_the_environment(monkeypatch: pytest
         Settings()
 
 
+def registered(settings: Settings, usage: pd.DataFrame) -> pd.DataFrame:
+    """Usage records as extract leaves them: work items in the ledger."""
+    Ledger(settings.resolved_ledger_url).register(usage, actor="extract:test")
+    return usage
+
+
 def test_usage_records_are_validated_and_bad_ones_quarantined(settings: Settings, usage_rules: Path) -> None:
     settings = settings.model_copy(update={"rules_file": usage_rules, "max_failure_rate": 0.5})
     batch = extract_work(settings, "2026-10")
     usage = pd.concat([usage_rows(), usage_rows(key=["u:3", "u:4", "u:5"], source_id=["U-3", "U-4", "U-5"],
                                                 metric=["storage_gb", "coffee", "storage_gb"],
                                                 customer_id=["ACME", "ACME", "HOOLI"])], ignore_index=True)  # fmt: skip
-    validated = validate_batch(settings, replace(batch, usage=usage), NOW)
+    validated = validate_batch(settings, replace(batch, usage=registered(settings, usage)), NOW)
 
     assert validated.usage["source_id"].tolist() == ["U-0", "U-1", "U-2", "U-3"]
     items = Ledger(settings.resolved_ledger_url).work_items("2026-10").set_index("source_id")
@@ -96,7 +102,7 @@ def test_usage_records_are_validated_and_bad_ones_quarantined(settings: Settings
 
     # Fixed at the source, the record passes on the next run.
     fixed = usage.assign(metric="storage_gb", customer_id="ACME")
-    again = validate_batch(settings, replace(extract_work(settings, "2026-10"), usage=fixed), NOW)
+    again = validate_batch(settings, replace(extract_work(settings, "2026-10"), usage=registered(settings, fixed)), NOW)
     assert len(again.usage) == 6
     assert (Ledger(settings.resolved_ledger_url).work_items("2026-10").set_index("source_id")
             .loc[["U-4", "U-5"], "state"] == "extracted").all()  # fmt: skip
