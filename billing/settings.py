@@ -64,6 +64,11 @@ class Settings(BaseSettings):
         default=0.2, ge=0, le=1,
         description="Stop the run when more than this share of one suite's rows fails validation (0.2 = 20%).",
     )  # fmt: skip
+    erp_creates_customers: bool = Field(
+        default=True,
+        description="The ERP may create a customer it does not know (by its code). False: a draft whose customer "
+        "has no erp_ref and no remembered ERP mapping is not posted (the drafts suite says why).",
+    )
     failure_rate_min_rows: int = Field(
         default=10, ge=1,
         description="A suite of fewer rows never stops the run (one bad customer of four is no trend); its bad "

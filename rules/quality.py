@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -487,6 +488,22 @@ def is_credit(draft: InvoiceDraft) -> bool:
     return bool(draft.lines) and all(line.trace.get("credit") is True for line in draft.lines)
 
 
+def _lines_as_displayed(draft: InvoiceDraft) -> int:
+    """The sum of quantity × unit price of each line, rounded by the currency: what a reader of the invoice
+    adds up. It differs from the total when a line's amount is not its quantity × unit price."""
+    mode = draft.money_rounding.decimal_mode
+    return sum(int((line.quantity_billed * line.unit_price_minor).quantize(Decimal(1), rounding=mode))
+               for line in draft.lines)  # fmt: skip
+
+
+def _amount_due(draft: InvoiceDraft) -> int:
+    """The total, negated for a credit note; an invoice of prepaid hours only (all drawn, nothing due) counts
+    as due, so the hours it reports are billed."""
+    if draft.total_minor == 0 and any("prepaid" in line.trace for line in draft.lines):
+        return 1
+    return -draft.total_minor if is_credit(draft) else draft.total_minor
+
+
 def validate_drafts(
     drafts: Sequence[InvoiceDraft], mapped_customers: Collection[str] | None = None
 ) -> tuple[list[DraftProblem], Outcome]:
@@ -499,8 +516,8 @@ def validate_drafts(
         "customer_id": [d.customer_id for d in drafts],
         "currency": [d.currency for d in drafts],
         "total_minor": [d.total_minor for d in drafts],
-        "lines_minor": [sum(line.amount_minor for line in d.lines) for d in drafts],
-        "amount_due_minor": [-d.total_minor if is_credit(d) else d.total_minor for d in drafts],
+        "lines_minor": [_lines_as_displayed(d) for d in drafts],
+        "amount_due_minor": [_amount_due(d) for d in drafts],
     })  # fmt: skip
     mapped = set(frame["customer_id"]) if mapped_customers is None else set(mapped_customers)
     mapped |= {d.customer_id for d in drafts if d.customer_erp_ref}

@@ -59,8 +59,9 @@ def post_approved(settings: Settings, period: str) -> tuple[list[PostingReceipt]
     approved = ledger.drafts(period, states=[DraftState.APPROVED])
     # The drafts suite (rules/suites/drafts.json) is the last gate: a bad draft stays approved and unposted,
     # reported as a failed posting with its reason, and is checked again on the next run.
-    # mapped_customers=None: both ERPs here create a customer missing by its code, so every customer maps.
-    problems, _ = validate_drafts(approved, mapped_customers=None)
+    # Unless the ERP may create customers (it does, by code, by default), a customer must be mapped already.
+    mapped = None if settings.erp_creates_customers else set(ledger.erp_mappings(erp.name, "party"))
+    problems, _ = validate_drafts(approved, mapped_customers=mapped)
     refused = {p.key: p.reason for p in problems}
     receipts, failures = erp.post([d for d in approved if d.key not in refused])
     failures += [PostingFailure(draft_key=k, erp=erp.name, error=f"not posted: {r}") for k, r in refused.items()]

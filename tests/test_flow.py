@@ -368,3 +368,15 @@ def test_work_on_unresolved_tickets_is_held_then_billed_once_resolved(
     assert second["counts"]["billed"] == first["counts"]["billed"] + len(held)
     assert second["new_postings"] > 0 and all(i["status"] == "posted" for i in second["invoices"])
     assert run(input_dir=str(export), rules=str(rules_file))["new_postings"] == 0
+
+
+def test_customers_unknown_to_the_erp_are_not_posted_when_it_may_not_create_them(
+    run: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TICKET_TO_INVOICE_ERP_CREATES_CUSTOMERS", "false")
+    first = run()
+    posted = {i["customer"] for i in first["invoices"] if i["status"] == "posted"}
+    assert posted == {"ACME", "NORTHWIND"}  # the two with an erp_ref
+    refused = {f["draft_key"].split(":")[1]: f["error"] for f in first["posting_failures"]}
+    assert refused.keys() == {"GLOBEX", "INITECH"}
+    assert "not posted: the customer is not mapped to the ERP" in refused["GLOBEX"]

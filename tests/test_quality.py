@@ -310,3 +310,20 @@ def test_any_usage_rows_are_either_valid_or_quarantined_with_a_reason(rows: list
     assert all(reason and "usage.csv row 2" in reason for reason in outcome.quarantined["reason"])
     valid = outcome.valid
     assert (valid["customer_id"] == "ACME").all() and (valid["metric"] == "storage_gb").all()
+
+
+def test_a_draft_whose_line_is_not_quantity_times_unit_price_is_refused() -> None:
+    good = draft("OK", [100, 250])
+    wrong = ChargeLine(customer_id="WRONG", period="2026-10", currency="EUR", service_type="x", description="d",
+                       quantity_raw=Decimal("1.5"), quantity_billed=Decimal("1.50"), unit_price_minor=1000,
+                       amount_minor=1600)  # 1.50 × 10.00 = 15.00, not 16.00  # fmt: skip
+    bad = InvoiceDraft(customer_id="WRONG", period="2026-10", currency="EUR", version=1, lines=(wrong,),
+                       customer_erp_ref="C-2")  # fmt: skip
+    prepaid_only = InvoiceDraft(customer_id="PREPAID", period="2026-10", currency="EUR", version=1,
+                                customer_erp_ref="C-3", lines=(wrong.model_copy(update={
+                                    "customer_id": "PREPAID", "unit_price_minor": 0, "amount_minor": 0,
+                                    "trace": {"prepaid": {"agreement": "R", "drawn_centi": 150}}}),))  # fmt: skip
+    problems, _ = validate_drafts([good, bad, prepaid_only])
+    assert [(p.customer_id, p.reason) for p in problems] == [
+        ("WRONG", "the total is not the sum of its lines' quantity × unit price: total_minor=1600")
+    ]
