@@ -7,13 +7,15 @@ from decimal import Decimal
 from typing import Any
 
 import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from billing.models import ChargeLine, InvoiceDraft, WorkBatch
 from rules.engine import price
 from rules.retainers import balance, balances, draw_down
 from rules.schema import AgreementSpec, Prepaid
 from tasks.price import group_drafts
-from tests.test_engine import CUSTOMERS, rules_with, worklogs
+from tests.test_engine import CUSTOMERS, rules_with, work, worklogs
 
 
 def block(hours: str = "10", **prepaid: Any) -> AgreementSpec:
@@ -99,3 +101,50 @@ def test_a_month_with_nothing_left_bills_everything_as_overage() -> None:
     ))  # fmt: skip
     drafts = group_drafts(batch(WORK), price(WORK, CUSTOMERS, rules).lines, rules, {}, [spent])
     assert drafts[0].total_minor == 300 * 9500 // 100 + 400 * 9500 // 100 + 500 * 14250 // 100
+
+
+def everything_rules() -> Any:
+    """Agreement rates, prepaid hours with overage, caps per ticket and period, tiered discounts, a hold."""
+    from tests.test_engine import with_rates
+
+    return with_rates(
+        agreements=[{"id": "ACME-MSA", "customer": "ACME", "starts": "2026-10-01",
+                     "prepaid": {"hours": "5", "overage_rate": {"EUR": "140.00"}}},
+                    {"id": "GLOBEX-R", "customer": "GLOBEX", "starts": "2026-09-01",
+                     "prepaid": {"hours": "3", "rollover_months": 2}}],
+        caps=[{"id": "nte", "amount": {"EUR": "700.00", "USD": "800.00"}},
+              {"id": "month", "per": "period", "customer": "NORTHWIND", "amount": {"USD": "1500.00"}}],
+        discounts=[{"id": "vol", "tiers": [{"above": {"EUR": "300.00", "USD": "300.00"}, "percent": "2.5"},
+                                           {"above": {"EUR": "2000.00", "USD": "2000.00"}, "percent": "5"}]}],
+        hold=[{"id": "open-tickets", "when": {"ticket_resolved": False}}],
+    )  # fmt: skip
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(work, min_size=1, max_size=30), st.lists(st.booleans(), min_size=6, max_size=6))
+def test_every_invoice_adds_up_and_every_work_log_has_exactly_one_outcome(
+    rows: list[Any], resolved: list[bool]
+) -> None:
+    rules = everything_rules()
+    frame = worklogs(*[(c, s, pd.Timestamp(t, tz="UTC").isoformat(), m, b) for c, s, t, m, b in rows])
+    frame["ticket_id"] = [f"T-{n % 7}" if n % 7 < 6 else None for n in range(len(frame))]
+    tickets = pd.DataFrame({"ticket_id": [f"T-{n}" for n in range(6)],
+                            "resolved_at": [pd.Timestamp("2026-10-30T00:00Z") if r else pd.NaT for r in resolved]})
+    work_batch = WorkBatch(source_system="t", instance="t", period="2026-10", customers=CUSTOMERS, tickets=tickets,
+                           worklogs=frame, issues=pd.DataFrame())  # fmt: skip
+    result = price(frame, CUSTOMERS, rules, tickets)
+    drafts = group_drafts(work_batch, result.lines, rules, {})
+    again = group_drafts(work_batch, price(frame, CUSTOMERS, rules, tickets).lines, rules, {})
+    assert drafts == again  # the same input prices to the same invoices
+
+    billed = {k for d in drafts for line in d.lines for k in line.work_item_keys}
+    settled = [set(result.non_billable["key"]), set(result.held["key"]), set(result.unpriceable["key"]), billed]
+    assert sum(len(s) for s in settled) == len(set().union(*settled)) == len(frame)  # one outcome each
+    for d in drafts:
+        assert d.total_minor == sum(line.amount_minor for line in d.lines)
+        for line in d.lines:
+            shown = (line.quantity_billed * line.unit_price_minor).quantize(Decimal(1), d.money_rounding.decimal_mode)
+            assert shown == line.amount_minor  # every displayed line checks by hand
+        drawn = sum(line.trace["prepaid"]["drawn_centi"] for line in d.lines if "prepaid" in line.trace)
+        # never more than the balance: ACME 5 h; GLOBEX 3 h a month, September's unused 3 h rolled over
+        assert drawn <= {"ACME": 500, "GLOBEX": 600}.get(d.customer_id, 0)

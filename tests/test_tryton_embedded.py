@@ -123,7 +123,7 @@ def test_bootstrap_twice_creates_no_twins(tryton: Tryton) -> None:
     assert first == second == tryton.emb.ids
     assert before == after
     assert after["company.company"] == 1
-    assert after["account.tax"] == 2
+    assert after["account.tax"] == 3  # VAT 19 %, 7 % and 0 % (export)
     assert after["account.tax.rule"] == 1
     assert after["account.fiscalyear"] == len(YEARS)
     assert after["account.period"] == 12 * len(YEARS)
