@@ -64,6 +64,9 @@ class Settings(BaseSettings):
         default=0.2, ge=0, le=1,
         description="Stop the run when more than this share of one suite's rows fails validation (0.2 = 20%).",
     )  # fmt: skip
+    data_docs_keep: int = Field(
+        default=50, ge=1, description="Data Docs of this many most recent runs are kept under HOME/data-docs.",
+    )  # fmt: skip
     erp_creates_customers: bool = Field(
         default=True,
         description="The ERP may create a customer it does not know (by its code). False: a draft whose customer "

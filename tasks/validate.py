@@ -4,6 +4,7 @@ the rest go on. Each run leaves GX Data Docs under ``$HOME/data-docs/<run>/`` an
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -126,6 +127,15 @@ def _publish(outcomes: list[Outcome], docs: Path | None, period: str) -> None:
                              description=f"Data quality of {period}: failing rows, examples, Data Docs")  # fmt: skip
 
 
+def prune_data_docs(folder: Path, keep: int) -> list[Path]:
+    """Remove all but the ``keep`` most recent runs' Data Docs (about 4 MB each: GX copies its styles)."""
+    runs = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.name) if folder.is_dir() else []
+    removed = runs[:-keep]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
 def validate_batch(settings: Settings, batch: WorkBatch, now: datetime | None = None) -> Validated:
     """Validate every entity; quarantine failing work logs and usage in the ledger (nothing is lost), write
     the Data Docs and the summary artifact, then stop the run if a suite failed more than
@@ -142,6 +152,7 @@ def validate_batch(settings: Settings, batch: WorkBatch, now: datetime | None = 
             details=[{"failed": d, "suite": outcome.suite} for d in outcome.quarantined["details"]],
         )
     docs = write_data_docs(checked.all, settings.home / "data-docs" / _run_name(batch, now))
+    prune_data_docs(settings.home / "data-docs", settings.data_docs_keep)
     _publish(checked.all, docs, batch.period)
     gate(checked.all, settings.max_failure_rate, docs, settings.failure_rate_min_rows)
     return Validated(worklogs=checked.worklogs.valid, usage=checked.usage.valid, data_docs=docs,

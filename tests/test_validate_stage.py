@@ -132,3 +132,15 @@ def test_a_draft_failing_its_suite_is_not_posted_and_says_why(settings: Settings
         (empty.key, "not posted: the total is zero or negative and the draft is not a credit note: total_minor=0")
     ]
     assert [p.name for p in (settings.erp_files_dir / "2026-10").glob("*.json")] == ["ACME-default-EUR-v1.json"]
+
+
+def test_only_the_most_recent_runs_data_docs_are_kept(tmp_path: Path) -> None:
+    from tasks.validate import prune_data_docs
+
+    for name in ["20261101T000000Z-2026-10-a", "20261102T000000Z-2026-10-b", "20261103T000000Z-2026-10-c"]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "index.html").write_text("<html/>")
+    removed = prune_data_docs(tmp_path, keep=2)
+    assert [p.name for p in removed] == ["20261101T000000Z-2026-10-a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["20261102T000000Z-2026-10-b", "20261103T000000Z-2026-10-c"]
+    assert prune_data_docs(tmp_path / "none-yet", keep=2) == []
