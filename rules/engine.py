@@ -188,10 +188,11 @@ def agreement_running(customer_codes: np.ndarray, customer_ids: Any, day: np.nda
 
 
 DAY_BITS = 20  # days since 1900 fit in 20 bits until 4770: a row's key is (composite key << DAY_BITS) | day
+EPOCH = date(1900, 1, 1)
 
 
 def _days(values: np.ndarray) -> np.ndarray:
-    return values.astype("datetime64[D]").astype("int64") - np.datetime64("1900-01-01", "D").astype("int64")
+    return values.astype("datetime64[D]").astype("int64") - np.datetime64(EPOCH, "D").astype("int64")
 
 
 def _apply_rates(frame: pd.DataFrame, rules: RuleSet, customer_currency: dict[str, str]) -> np.ndarray:
@@ -237,7 +238,7 @@ def _apply_rates(frame: pd.DataFrame, rules: RuleSet, customer_currency: dict[st
                 composite = 0
                 for k, part in zip(keys, parts, strict=True):
                     composite = composite * (len(code_of[k]) + 1) + part
-                since = int(_days(np.array([spec.effective_from or date(1900, 1, 1)], dtype="datetime64[D]"))[0])
+                since = ((spec.effective_from or EPOCH) - EPOCH).days
                 entries.append(((composite << DAY_BITS) | since, to_minor(spec.rate, currency), spec.kind == "fixed",
                                 len(sources.categories) + number))  # fmt: skip
         if not entries:
@@ -258,7 +259,7 @@ def _apply_rates(frame: pd.DataFrame, rules: RuleSet, customer_currency: dict[st
         fixed[hit] = np.array([e[2] for e in entries], dtype=bool)[chosen]
         source[hit] = np.array([e[3] for e in entries], dtype="int64")[chosen]
     frame["rate_minor"] = rate
-    frame["rate_source"] = pd.Categorical.from_codes(source, categories=names).remove_unused_categories()
+    frame["rate_source"] = pd.Categorical.from_codes(source, categories=names)  # unused names cost nothing
     return fixed
 
 

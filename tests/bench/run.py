@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import resource
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +39,13 @@ def main(names: list[str]) -> None:
         "validation": bench_validation.run,
     }
     chosen = names or list(benchmarks)
+    unknown = sorted(set(chosen) - set(benchmarks))
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(benchmarks)}")
+    if len(chosen) > 1:  # one process each, so each entry's peak memory is its own
+        for name in chosen:
+            subprocess.run([sys.executable, "-m", "tests.bench.run", name], check=True, cwd=PROJECT_ROOT)
+        return
     entries = {e["name"]: e for e in json.loads(RESULTS.read_text())} if RESULTS.exists() else {}
     for name in chosen:
         print(f"bench {name} …", flush=True)
