@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
 
 from tests.conftest import SAMPLE
@@ -206,3 +207,32 @@ def test_price_previews_without_writing_anything(tmp_path: Path) -> None:
         assert draft["total_minor"] == sum(li["amount_minor"] for li in lines)
     first = preview["lines"][0]
     assert first["explanation"].startswith(f"{first['quantity_billed']} h × ")
+
+
+def test_bad_input_after_a_good_run_leaves_the_ledger_as_it_was(tmp_path: Path) -> None:
+    from billing.ledger import Ledger
+
+    export, home = tmp_path / "export", tmp_path / "var"
+    shutil.copytree(SAMPLE, export)
+    assert cli(home, "run", "--input", str(export), "--erp", "files", "--json").returncode == 0
+    ledger = Ledger(f"sqlite:///{home / 'ledger.db'}")
+
+    def snapshot() -> tuple[Any, ...]:
+        items = ledger.work_items().sort_values("key").reset_index(drop=True)
+        return items, [d.model_dump() for d in ledger.drafts()], len(ledger.audit_log())
+
+    before = snapshot()
+    breakages = {
+        "worklogs.csv": b"worklog_id,customer_id\nWL-1,ACME\n",  # required columns missing
+        "tickets.csv": b"",  # an empty file
+        "customers.json": b'[{"customer_id": "ACME", "name": "Acme", ',  # malformed JSON
+    }
+    for name, content in breakages.items():
+        original = (export / name).read_bytes()
+        (export / name).write_bytes(content)
+        result = cli(home, "run", "--input", str(export), "--erp", "files")
+        (export / name).write_bytes(original)
+        assert result.returncode == 2 and name in result.stderr and "Traceback" not in result.stderr
+        items, drafts, audit = snapshot()  # nothing already in the ledger lost or changed
+        pd.testing.assert_frame_equal(items, before[0])
+        assert (drafts, audit) == before[1:]
