@@ -190,7 +190,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     out.print(
         f"{summary['work_items_total']} work items: [green]{counts['billed']} billed[/], "
         f"{counts['non_billable']} non-billable, [red]{counts['quarantined']} quarantined[/], "
-        f"{counts['pending_approval']} pending approval, {counts['pending_posting']} pending posting; "
+        f"{counts['pending_approval']} pending approval, {counts['pending_posting']} pending posting, "
+        f"{counts['held']} held; "
         f"{summary['new_postings']} new posting(s)."
     )
     for note in summary.get("notes", []):
@@ -238,7 +239,8 @@ def price_preview(
         money = {k: format_money(draft[k], draft["currency"]) for k in ("total_minor", "tax_minor", "gross_minor")}
         out.print(f"{draft['customer']}: {draft['lines']} lines, {money['total_minor']} + tax {money['tax_minor']} = "
                   f"{money['gross_minor']}")  # fmt: skip
-    out.print(f"{len(result['non_billable'])} non-billable, {len(result['quarantined'])} would be quarantined.")
+    out.print(f"{len(result['non_billable'])} non-billable, {len(result['held'])} held, "
+              f"{len(result['quarantined'])} would be quarantined.")
 
 
 @app.command("rules-schema")

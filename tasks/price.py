@@ -268,6 +268,7 @@ def preview(settings: Settings, period: str, now: datetime | None = None) -> dic
                    for d in drafts],
         "non_billable": [{"key": k, "rule": r} for k, r in zip(result.non_billable["key"],
                                                                  result.non_billable["rule"], strict=True)],
+        "held": [{"key": k, "rule": r} for k, r in zip(result.held["key"], result.held["rule"], strict=True)],
         "quarantined": [{"source_id": s, "reason": r} for s, r in zip(checked.worklogs.quarantined["source_id"],
                                                                         checked.worklogs.quarantined["reason"],
                                                                         strict=True)]
