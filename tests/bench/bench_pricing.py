@@ -17,7 +17,7 @@ import yaml
 from billing.models import Customer
 from rules.engine import BASIS, price
 from rules.schema import RuleSet
-from tests.bench.run import peak_mb
+from tests.bench.run import median_of_three, peak_mb
 from tests.conftest import DEMO_RULES
 
 ROWS = 1_000_000
@@ -170,16 +170,6 @@ def duckdb_reference(frame: pd.DataFrame, customers: list[Customer], rules: Rule
                AS amount_minor
         FROM priced
     """).df()
-
-
-def median_of_three(work: Any) -> tuple[float, Any]:
-    """The median of three timed runs (the first one pays for cold caches), and the last result."""
-    times, result = [], None
-    for _ in range(3):
-        started = time.perf_counter()
-        result = work()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[1], result
 
 
 def run() -> dict[str, Any]:

@@ -4,14 +4,13 @@ in the same run on the same data. Both must fail exactly the same rows."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from rules.quality import MAX_SECONDS, billing_window, load_suite, run_suite
-from tests.bench.run import peak_mb, timed
+from tests.bench.run import median_of_three, peak_mb, timed
 
 ROWS = 1_000_000
 CUSTOMERS = 5_000
@@ -108,15 +107,6 @@ def plain_gx(frame: pd.DataFrame, parameters: dict[str, Any]) -> np.ndarray:
     result = batch.validate(gx_suite, expectation_parameters=parameters, result_format=result_format)
     rows = {int(item["_row"]) for r in result.results for item in r.result.get("unexpected_index_list") or []}
     return np.array(sorted(rows), dtype=np.int64)
-
-
-def median_of_three(work: Any) -> tuple[float, Any]:
-    times, result = [], None
-    for _ in range(3):
-        started = time.perf_counter()
-        result = work()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[1], result
 
 
 def run() -> dict[str, Any]:
