@@ -77,15 +77,15 @@ def draw_down(lines: pd.DataFrame, rules: RuleSet, available: dict[str, int]) ->
         return lines
     lines = lines.reset_index(drop=True).assign(prepaid_agreement=None, drawn_centi=0, prepaid_left_centi=0,
                                                 overage=False)  # fmt: skip
-    hourly = (lines["rate_kind"].astype(str) == "hourly").to_numpy(copy=True)
-    if "object_type" in lines:
-        hourly = hourly & lines["object_type"].isna().to_numpy()
-    agreement = lines["agreement_id"].astype(object).to_numpy()
     extra = []
     for number, spec in enumerate(rules.agreements):
         if spec.id not in available or spec.prepaid is None:
             continue
-        eligible = hourly & (agreement == spec.id)
+        # From the lines as the agreements before this one left them (they drop the rows they repriced).
+        eligible = (lines["rate_kind"].astype(str) == "hourly").to_numpy(copy=True)
+        if "object_type" in lines:
+            eligible &= lines["object_type"].isna().to_numpy()
+        eligible &= lines["agreement_id"].astype(object).to_numpy() == spec.id
         if spec.prepaid.services:
             eligible &= lines["service_type"].isin(spec.prepaid.services).to_numpy()
         rows = lines.index[eligible]

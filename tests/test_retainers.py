@@ -148,3 +148,17 @@ def test_every_invoice_adds_up_and_every_work_log_has_exactly_one_outcome(
         drawn = sum(line.trace["prepaid"]["drawn_centi"] for line in d.lines if "prepaid" in line.trace)
         # never more than the balance: ACME 5 h; GLOBEX 3 h a month, September's unused 3 h rolled over
         assert drawn <= {"ACME": 500, "GLOBEX": 600}.get(d.customer_id, 0)
+
+
+def test_two_customers_blocks_are_drawn_in_one_pass() -> None:
+    # Found by the property test: the second agreement's rows were looked up in the frame as the first left it.
+    rules = everything_rules()
+    frame = worklogs(("ACME", "remote_support", "2026-10-06T09:00Z", 240),
+                     ("ACME", "remote_support", "2026-10-07T09:00Z", 240),
+                     ("GLOBEX", "remote_support", "2026-10-06T09:00Z", 420))  # fmt: skip
+    lines = draw_down(price(frame, CUSTOMERS, rules).lines, rules, {"ACME-MSA": 500, "GLOBEX-R": 600})
+    drawn = lines.groupby("customer_id", observed=True)["drawn_centi"].sum().to_dict()
+    assert drawn == {"ACME": 500, "GLOBEX": 600}
+    over = lines[lines["overage"]].set_index("customer_id")
+    assert over.loc["ACME", ["quantity_centi", "unit_price_minor"]].tolist() == [300, 14000]  # 3 h at 140.00
+    assert over.loc["GLOBEX", ["quantity_centi", "unit_price_minor"]].tolist() == [100, 9500]  # 1 h at 95.00
