@@ -72,66 +72,70 @@ def balances(rules: RuleSet, period: str, posted: Iterable[InvoiceDraft]) -> dic
 def draw_down(lines: pd.DataFrame, rules: RuleSet, available: dict[str, int]) -> pd.DataFrame:
     """Lines with the prepaid hours drawn: covered lines at 0, the crossing line split, overage repriced.
 
-    Adds ``prepaid_agreement``, ``drawn_centi``, ``prepaid_left_centi`` (after the line) and ``overage``."""
-    if lines.empty or not available or "agreement_id" not in lines:
+    Every agreement at once: the eligible lines sorted by agreement and time, a running total per agreement,
+    and each line's share of its agreement's balance by column. Adds ``prepaid_agreement``, ``drawn_centi``,
+    ``prepaid_left_centi`` (after the line) and ``overage``."""
+    blocks = [(n, a) for n, a in enumerate(rules.agreements) if a.prepaid is not None and a.id in available]
+    if lines.empty or not blocks or "agreement_id" not in lines:
         return lines
     lines = lines.reset_index(drop=True).assign(prepaid_agreement=None, drawn_centi=0, prepaid_left_centi=0,
                                                 overage=False)  # fmt: skip
-    extra = []
-    for number, spec in enumerate(rules.agreements):
-        if spec.id not in available or spec.prepaid is None:
-            continue
-        # From the lines as the agreements before this one left them (they drop the rows they repriced).
-        eligible = (lines["rate_kind"].astype(str) == "hourly").to_numpy(copy=True)
-        if "object_type" in lines:
-            eligible &= lines["object_type"].isna().to_numpy()
-        eligible &= lines["agreement_id"].astype(object).to_numpy() == spec.id
-        if spec.prepaid.services:
-            eligible &= lines["service_type"].isin(spec.prepaid.services).to_numpy()
-        rows = lines.index[eligible]
-        if not len(rows):
-            continue
-        rows = lines.loc[rows].sort_values(["started_at", "key"]).index.to_numpy()
-        quantity = lines.loc[rows, "quantity_centi"].to_numpy(dtype="int64")
-        used_after = np.cumsum(quantity)
-        covered = np.clip(available[spec.id] - (used_after - quantity), 0, quantity)
-        left = np.maximum(available[spec.id] - used_after, 0)
-        crossing = (covered > 0) & (covered < quantity)
-        # The crossing line's overage part becomes a line of its own.
-        over = lines.loc[rows[crossing]].copy()
-        over["quantity_centi"] = quantity[crossing] - covered[crossing]
-        over["raw_seconds"], over["billed_seconds"] = 0, 0
-        drawn_rows = rows[covered > 0]
-        lines.loc[drawn_rows, "quantity_centi"] = covered[covered > 0]
-        lines.loc[drawn_rows, ["unit_price_minor", "amount_minor"]] = 0
-        lines.loc[drawn_rows, "prepaid_agreement"] = spec.id
-        lines.loc[drawn_rows, "drawn_centi"] = covered[covered > 0]
-        lines.loc[drawn_rows, "prepaid_left_centi"] = left[covered > 0]
-        overage = pd.concat([lines.loc[rows[covered == 0]], over])
-        overage["overage"] = True
-        overage["prepaid_agreement"] = spec.id
-        overage = _reprice(overage, spec, number, rules)
-        lines = lines.drop(index=rows[covered == 0])
-        extra.append(overage)
-    return pd.concat([lines, *extra], ignore_index=True) if extra else lines
+    # Which (agreement, service) pairs draw: an agreement's services, or all of them.
+    pairs = pd.DataFrame([{"agreement_id": a.id, "service_type": s, "balance": available[a.id], "block": n}
+                          for n, a in blocks for s in (a.prepaid.services or [None])])  # type: ignore[union-attr]  # fmt: skip
+    hourly = (lines["rate_kind"].astype(str) == "hourly").to_numpy()
+    if "object_type" in lines:
+        hourly = hourly & lines["object_type"].isna().to_numpy()
+    work = lines.loc[hourly, ["agreement_id", "service_type", "started_at", "key", "quantity_centi"]].astype(
+        {"agreement_id": object, "service_type": object})  # fmt: skip
+    named = work.reset_index().merge(pairs.dropna(subset=["service_type"]), on=["agreement_id", "service_type"])
+    anyservice = work.reset_index().merge(pairs[pairs["service_type"].isna()].drop(columns="service_type"),
+                                          on="agreement_id")  # fmt: skip
+    eligible = pd.concat([named, anyservice]).sort_values(["block", "started_at", "key"])
+    if eligible.empty:
+        return lines
+    rows = eligible["index"].to_numpy()
+    quantity = eligible["quantity_centi"].to_numpy(dtype="int64")
+    used_after = eligible.groupby("block", sort=False)["quantity_centi"].cumsum().to_numpy(dtype="int64")
+    balance = eligible["balance"].to_numpy(dtype="int64")
+    covered = np.clip(balance - (used_after - quantity), 0, quantity)
+    left = np.maximum(balance - used_after, 0)
+    agreement = eligible["agreement_id"].to_numpy(dtype=object)
+    crossing = (covered > 0) & (covered < quantity)
+    over = lines.loc[rows[crossing]].copy()  # the crossing line's overage part: a line of its own
+    over["quantity_centi"] = quantity[crossing] - covered[crossing]
+    over["raw_seconds"], over["billed_seconds"] = 0, 0
+    drawn = covered > 0
+    lines.loc[rows[drawn], "quantity_centi"] = covered[drawn]
+    lines.loc[rows[drawn], ["unit_price_minor", "amount_minor"]] = 0
+    lines.loc[rows[drawn], "prepaid_agreement"] = agreement[drawn]
+    lines.loc[rows[drawn], "drawn_centi"] = covered[drawn]
+    lines.loc[rows[drawn], "prepaid_left_centi"] = left[drawn]
+    overage = pd.concat([lines.loc[rows[~drawn]].assign(prepaid_agreement=agreement[~drawn]),
+                         over.assign(prepaid_agreement=agreement[crossing])]).assign(overage=True)  # fmt: skip
+    return pd.concat([lines.drop(index=rows[~drawn]), _reprice(overage, rules)], ignore_index=True)
 
 
-def _reprice(overage: pd.DataFrame, spec: AgreementSpec, number: int, rules: RuleSet) -> pd.DataFrame:
-    """Overage at the block's overage rate in the line's currency (else its normal unit price)."""
-    assert spec.prepaid is not None
-    quantity = overage["quantity_centi"].to_numpy(dtype="int64")
+def _reprice(overage: pd.DataFrame, rules: RuleSet) -> pd.DataFrame:
+    """Overage at its block's overage rate in the line's currency (else its normal unit price)."""
+    rates = pd.DataFrame([{"prepaid_agreement": a.id, "currency": code, "over_minor": to_minor(value, code),
+                           "over_source": f"agreements[{n}].prepaid.overage_rate"}
+                          for n, a in enumerate(rules.agreements) if a.prepaid is not None
+                          for code, value in a.prepaid.overage_rate.items()],
+                         columns=["prepaid_agreement", "currency", "over_minor", "over_source"])  # fmt: skip
+    found = overage[["prepaid_agreement", "currency"]].astype(object).merge(rates, how="left")
+    repriced = found["over_minor"].notna().to_numpy()
+    rate = np.where(repriced, found["over_minor"].fillna(0).to_numpy(), overage["rate_minor"].to_numpy())
+    rate = rate.astype("int64")
+    source = np.where(repriced, found["over_source"].to_numpy(dtype=object),
+                      overage["rate_source"].astype(str).to_numpy(dtype=object))  # fmt: skip
     unit = overage["unit_price_minor"].to_numpy(dtype="int64").copy()
-    rate = overage["rate_minor"].to_numpy(dtype="int64").copy()
-    source = overage["rate_source"].astype(str).to_numpy(dtype=object)
+    quantity = overage["quantity_centi"].to_numpy(dtype="int64")
     currency = overage["currency"].astype(str).to_numpy()
-    for code, value in spec.prepaid.overage_rate.items():
-        mask = currency == code
-        rate[mask] = to_minor(value, code)
-        unit[mask] = div_round(rate[mask] * overage["multiplier_bp"].to_numpy(dtype="int64")[mask], BASIS,
-                               rules.money_rounding(code))  # fmt: skip
-        source[mask] = f"agreements[{number}].prepaid.overage_rate"
     amount = np.zeros(len(overage), dtype="int64")
-    for code in set(currency):
-        mask = currency == code
-        amount[mask] = div_round(quantity[mask] * unit[mask], CENTI_HOURS, rules.money_rounding(code))
+    for code in set(currency):  # currencies: few
+        mask, mode = currency == code, rules.money_rounding(code)
+        again = mask & repriced
+        unit[again] = div_round(rate[again] * overage["multiplier_bp"].to_numpy(dtype="int64")[again], BASIS, mode)
+        amount[mask] = div_round(quantity[mask] * unit[mask], CENTI_HOURS, mode)
     return overage.assign(rate_minor=rate, unit_price_minor=unit, amount_minor=amount, rate_source=source)
