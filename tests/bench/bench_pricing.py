@@ -192,7 +192,7 @@ def run() -> dict[str, Any]:
         "seconds": round(engine_seconds, 3),
         "peak_mb": peak_mb(),
         "references": {"duckdb": round(duckdb_seconds, 3), "per_row": round(per_row_seconds, 3)},
-        "timing": "engine and duckdb: median of 3 runs; per_row: one run",
+        "timing": "engine and duckdb: median of 3 runs after a warm-up run; per_row: one run",
         "lines": len(engine),
         "customers": CUSTOMERS,
         "total_minor": int(engine["amount_minor"].sum()),

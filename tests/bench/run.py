@@ -31,7 +31,10 @@ def timed(work: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def median_of_three(work: Any) -> tuple[float, Any]:
-    """The median of three timed runs (the first one pays for cold caches), and the last result."""
+    """The median of three timed runs after one untimed warm-up run, and the last result: the first runs over
+    a million rows pay for fresh memory from the system (page faults) and cold caches, in both the code
+    measured and its references, and say little about either."""
+    work()
     times, result = [], None
     for _ in range(3):
         started = time.perf_counter()
