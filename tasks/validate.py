@@ -80,16 +80,6 @@ def check_batch(batch: WorkBatch, rules: RuleSet, now: datetime | None = None) -
     return Checked(customers=customers, tickets=tickets, worklogs=worklogs, usage=usage)
 
 
-def check_worklogs(batch: WorkBatch, rules: RuleSet, now: datetime | None = None) -> Outcome:
-    """The work-log outcome of ``check_batch`` (also used by the ``price`` preview)."""
-    return check_batch(batch, rules, now).worklogs
-
-
-def check_usage(batch: WorkBatch, rules: RuleSet, now: datetime | None = None) -> Outcome:
-    """The usage outcome of ``check_batch``."""
-    return check_batch(batch, rules, now).usage
-
-
 @dataclass
 class Validated:
     """What passed the gate: the rows to price."""
