@@ -94,7 +94,7 @@ def _fail(exc: UserFacingError) -> typer.Exit:
     err.print(f"[bold red]error:[/] {exc}", highlight=False)
     if exc.hint:
         err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
-    return typer.Exit(2)
+    return typer.Exit(exc.exit_code)
 
 
 @app.command()
@@ -347,7 +347,7 @@ def main() -> None:
         app()
     except UserFacingError as exc:  # a last guard: a user's mistake never ends in a traceback
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

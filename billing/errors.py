@@ -1,4 +1,6 @@
-"""Errors a user can act on. The CLI prints these as one clear message (no traceback) and exits 2."""
+"""Errors a user can act on. The CLI prints these as one clear message (no traceback) and exits with the
+error's ``exit_code``: 2 for the user's input or configuration, 1 for an outage of another system, 3 when
+another run holds the period and this one was asked not to wait."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ class UserFacingError(Exception):
     """A problem with the user's input or configuration, explained in words they can act on."""
 
     hint: str | None = None
+    exit_code: int = 2
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -39,4 +42,22 @@ class InputError(UserFacingError):
 
 
 class ConfigurationError(UserFacingError):
-    pass
+    """A setting, option, credential or file the user gave is wrong (exit 2)."""
+
+
+class SystemUnavailable(UserFacingError):
+    """Another system (an ERP, a helpdesk) could not be reached or kept failing after retries: an outage, not
+    the user's mistake (exit 1). The message names the system and what to check; what was begun stays in
+    the ledger for the next run."""
+
+    exit_code = 1
+
+
+class StorageError(UserFacingError):
+    """The home or ledger cannot be written (a full disk, a read-only folder): the message names the path."""
+
+
+class RunInProgress(UserFacingError):
+    """Another run holds the period (and this one was asked not to wait): nothing was written (exit 3)."""
+
+    exit_code = 3
