@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,23 @@ def redmine() -> Iterator[Any]:
 
     with redmine_server() as instance:
         yield instance
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A fresh ledger on SQLite, and on PostgreSQL (a database of its own on the session's cluster)."""
+    from sqlalchemy import create_engine, text
+
+    from billing.ledger import Ledger
+
+    if request.param == "sqlite":
+        yield Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+        return
+    base = request.getfixturevalue("postgres_url")
+    name = f"t{uuid.uuid4().hex[:12]}"
+    with create_engine(base, isolation_level="AUTOCOMMIT").connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    yield Ledger(base.rsplit("/", 1)[0] + f"/{name}")
 
 
 @pytest.fixture

@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import DatabaseError
 
 from billing.ledger import Ledger, WorkState
-from billing.ledger.store import MIGRATIONS
+from billing.ledger.store import MIGRATIONS, ClaimConflict
 from billing.models import ApprovalDecision, ChargeLine, DraftState, InvoiceDraft, PostingReceipt
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    if request.param == "sqlite":
-        yield Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-        return
-    # One database per test on the session's PostgreSQL cluster.
-    base = request.getfixturevalue("postgres_url")
-    name = f"t{uuid.uuid4().hex[:12]}"
-    with create_engine(base, isolation_level="AUTOCOMMIT").connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    yield Ledger(base.rsplit("/", 1)[0] + f"/{name}")
 
 
 def test_migrations_match_the_models(ledger: Ledger) -> None:
@@ -133,3 +117,41 @@ def test_the_audit_log_is_append_only(ledger: Ledger) -> None:
     with ledger.engine.begin() as connection, pytest.raises(DatabaseError, match="append-only"):
         connection.execute(text("DELETE FROM audit_log"))
     assert [e.actor for e in ledger.audit_log()] == ["t"]
+
+
+def test_a_draft_never_claims_work_another_invoice_bills(ledger: Ledger) -> None:
+    """The overlap that used to bill twice: run A posted v1 while run B, which extracted before that, drafts
+    everything again as v2. B's draft is refused whole, in the transaction that would have saved it."""
+    ledger.register(items(("A", "h"), ("B", "h")), actor="t")
+    first = draft("A")
+    ledger.save_drafts("2026-10", [first], actor="run-a")
+    approve(ledger, first)
+    post(ledger, first)
+
+    with pytest.raises(ClaimConflict, match="1 work item") as refused:
+        ledger.save_drafts("2026-10", [draft("A", "B", version=2)], actor="run-b")
+    assert refused.value.held == [("files:x:worklog:A", first.key, WorkState.POSTED.value)]
+    assert [d.key for d in ledger.drafts("2026-10")] == [first.key]  # nothing of run B's was saved
+    rows = ledger.work_items("2026-10").set_index("source_id")
+    assert rows["state"].to_dict() == {"A": WorkState.POSTED, "B": WorkState.EXTRACTED}
+    assert pd.isna(rows.loc["B", "line_id"])
+
+
+def test_two_drafts_of_one_save_cannot_share_a_work_item(ledger: Ledger) -> None:
+    ledger.register(items(("A", "h")), actor="t")
+    eur = draft("A")
+    usd = InvoiceDraft(customer_id="ACME", period="2026-10", currency="USD", version=1,
+                       lines=tuple(line.model_copy(update={"currency": "USD"}) for line in eur.lines))  # fmt: skip
+    ledger.save_drafts("2026-10", [eur], actor="run-a")
+    # Another run's draft of another key that bills A, while A's first draft is still unposted and kept:
+    with pytest.raises(ClaimConflict):
+        ledger.save_drafts("2026-10", [eur, usd], actor="run-b")
+    assert ledger.draft_states([eur.key, usd.key]) == {eur.key: DraftState.DRAFTED}
+
+
+def test_a_rerun_replaces_its_own_unposted_draft_and_reclaims_the_work(ledger: Ledger) -> None:
+    ledger.register(items(("A", "h"), ("B", "h")), actor="t")
+    ledger.save_drafts("2026-10", [draft("A")], actor="t")
+    ledger.save_drafts("2026-10", [draft("A", "B")], actor="t")  # late work: the unposted draft grows
+    assert ledger.drafts("2026-10")[0].total_minor == 2000
+    assert ledger.work_items("2026-10")["line_id"].notna().all()

@@ -154,3 +154,18 @@ class AuditEntry(Base):
     entity: Mapped[str] = mapped_column(String(50))
     entity_key: Mapped[str] = mapped_column(String(300))
     detail: Mapped[dict[str, Any] | None]
+
+
+class RunLock(Base):
+    """A lease on a name (``billing:<period>:<erp>``, ``posting:<erp>``) held by one process at a time, on any
+    database the ledger runs on. ``holder`` identifies the process (host, pid, its start time) so a lease
+    whose process died on this host is taken over at once; one on another host after ``heartbeat_at`` ages."""
+
+    __tablename__ = "run_locks"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    token: Mapped[str] = mapped_column(String(36))
+    holder: Mapped[str] = mapped_column(String(300))  # host:pid:start-time
+    purpose: Mapped[str] = mapped_column(Text)  # what the holder does, for the message of the one that waits
+    acquired_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,11 @@ from typing import Any
 import pandas as pd
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from billing.errors import UserFacingError
+from billing.ledger.locks import Lease, hold
 from billing.ledger.schema import (
     BILLED_STATES,
     COUNT_OF_STATE,
@@ -43,12 +46,29 @@ def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the ledger's schema to the newest Alembic revision."""
+    """Bring the ledger's schema to the newest Alembic revision. Two processes opening a new ledger at once
+    take turns (a file lock beside a SQLite file, an advisory lock on PostgreSQL): the second finds it done."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
+    with _one_migration_at_a_time(engine), engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(7210442)"))  # any constant of our own
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
+
+
+@contextmanager
+def _one_migration_at_a_time(engine: Engine) -> Iterator[None]:
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @cache
@@ -69,6 +89,23 @@ def _engine(url: str) -> Engine:
     return engine
 
 
+class ClaimConflict(UserFacingError):
+    """Work items a new draft needs are held by another draft or already billed: another run of the period
+    got there first. Nothing of this run's drafts was saved; a rerun bills what is left."""
+
+    exit_code = 1
+
+    def __init__(self, held: Sequence[tuple[str, str | None, str]], missing: int = 0) -> None:
+        self.held = list(held)
+        examples = ", ".join(f"{key} ({draft or state})" for key, draft, state in self.held[:3])
+        gone = f"; {missing} not in the ledger" if missing else ""
+        super().__init__(
+            f"{len(self.held)} work item(s) are already on another invoice draft or billed ({examples}){gone}: "
+            "another run of this period got there first. Nothing was drafted twice.",
+            hint="run again: the rerun bills only what is left",
+        )
+
+
 def document_hash(draft: InvoiceDraft) -> str:
     payload = json.dumps(draft.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
@@ -85,6 +122,11 @@ class Ledger:
     def session(self) -> Iterator[Session]:
         with Session(self.engine) as session, session.begin():
             yield session
+
+    def lock(self, name: str, purpose: str, wait: bool = True, timeout: float = 3600.0,
+             say: Callable[[str], None] = print) -> AbstractContextManager[Lease]:  # fmt: skip
+        """Hold ``name`` while the block runs; another holder makes this wait (or raise ``RunInProgress``)."""
+        return hold(self.engine, name, purpose, wait=wait, timeout=timeout, say=say)
 
     # -- audit -----------------------------------------------------------------------------------
 
@@ -236,6 +278,25 @@ class Ledger:
                 ((k, {"reason": r} if r else None) for k, r in zip(keys, reasons, strict=True)),
             )
 
+    def billed_keys(self, keys: Iterable[str]) -> set[str]:
+        """Which of these work items are billed (posted or reconciled)."""
+        keys = list(dict.fromkeys(keys))
+        billed: set[str] = set()
+        with Session(self.engine) as session:
+            for chunk in _chunks(keys):
+                billed.update(session.scalars(select(WorkItem.key).where(
+                    WorkItem.key.in_(chunk), WorkItem.state.in_([s.value for s in BILLED_STATES]))))  # fmt: skip
+        return billed
+
+    def count_items(self, period: str, source_system: str, object_types: Iterable[str]) -> int:
+        """How many work items of these kinds the period has, whatever their state."""
+        with Session(self.engine) as session:
+            return int(session.scalar(
+                select(func.count()).select_from(WorkItem)
+                .where(WorkItem.period == period, WorkItem.source_system == source_system,
+                       WorkItem.object_type.in_(list(object_types)))
+            ) or 0)  # fmt: skip
+
     def work_items(self, period: str | None = None) -> pd.DataFrame:
         query = select(WorkItem.__table__)
         if period is not None:
@@ -261,21 +322,21 @@ class Ledger:
             return {(c, a, cur): v for c, a, cur, v in rows}
 
     def save_drafts(self, period: str, drafts: Sequence[InvoiceDraft], actor: str) -> list[InvoiceDraft]:
-        """Make ``drafts`` the period's unposted drafts.
+        """Make ``drafts`` the period's unposted drafts, in one transaction.
 
         A draft whose content is unchanged keeps its state (and so its approval); a changed one replaces
-        the old and must be approved again; an unposted draft no longer produced is removed.
-        Returns the drafts with the state they now have in the ledger (as ``DraftState`` in ``state_of``).
+        the old and must be approved again; an unposted draft no longer produced is removed. A new draft
+        claims its work items in the same transaction: only items no other draft holds and that are not
+        billed. Should any be held (another run of the period drafted or posted them meanwhile), nothing
+        is saved and ``ClaimConflict`` says which: nothing is ever billed twice, even without the run lock.
         """
         wanted = {d.key: d for d in drafts}
+        unposted = [s.value for s in UNPOSTED_DRAFT_STATES]
         with self.session() as session:
             existing = {
                 row.key: row
                 for row in session.scalars(
-                    select(InvoiceDraftRow).where(
-                        InvoiceDraftRow.period == period,
-                        InvoiceDraftRow.state.in_([s.value for s in UNPOSTED_DRAFT_STATES]),
-                    )
+                    select(InvoiceDraftRow).where(InvoiceDraftRow.period == period, InvoiceDraftRow.state.in_(unposted))
                 )
             }
             keep = {
@@ -284,68 +345,94 @@ class Ledger:
                 if k in wanted and row.document.get("_hash") == document_hash(wanted[k])
             }
             stale = [k for k in existing if k not in keep]
-            for chunk in _chunks(stale):
+            for chunk in _chunks(stale):  # only while still unposted: a draft posted meanwhile stays as it is
+                still = select(InvoiceDraftRow.key).where(InvoiceDraftRow.key.in_(chunk),
+                                                           InvoiceDraftRow.state.in_(unposted))  # fmt: skip
                 session.execute(
                     update(WorkItem)
-                    .where(WorkItem.line_id.in_(select(InvoiceLineRow.id).where(InvoiceLineRow.draft_key.in_(chunk))))
+                    .where(WorkItem.line_id.in_(select(InvoiceLineRow.id).where(InvoiceLineRow.draft_key.in_(still))))
                     .values(line_id=None)
                 )
-                session.execute(delete(InvoiceLineRow).where(InvoiceLineRow.draft_key.in_(chunk)))
-                session.execute(delete(InvoiceDraftRow).where(InvoiceDraftRow.key.in_(chunk)))
+                session.execute(delete(InvoiceLineRow).where(InvoiceLineRow.draft_key.in_(still)))
+                session.execute(delete(InvoiceDraftRow).where(InvoiceDraftRow.key.in_(still)))
             self._audit(session, actor, "draft_replaced", "invoice_draft", ((k, None) for k in stale))
 
-            for key, draft in wanted.items():
-                if key in keep:
-                    continue
-                document = draft.model_dump(mode="json") | {"_hash": document_hash(draft)}
-                session.add(
-                    InvoiceDraftRow(
-                        key=key,
-                        customer_id=draft.customer_id,
-                        agreement_id=draft.agreement_id,
-                        period=period,
-                        currency=draft.currency,
-                        version=draft.version,
-                        total_minor=draft.total_minor,
-                        state=DraftState.DRAFTED.value,
-                        document=document,
-                    )
-                )
-                session.flush()
-                line_rows = [
-                    {
-                        "draft_key": key,
-                        "line_no": no,
-                        "work_item_key": line.work_item_keys[0] if line.work_item_keys else "",  # the first
-                        "description": line.description,
-                        "quantity_raw": str(line.quantity_raw),
-                        "quantity_billed": str(line.quantity_billed),
-                        "unit_price_minor": line.unit_price_minor,
-                        "amount_minor": line.amount_minor,
-                        "trace": line.trace,
-                    }
-                    for no, line in enumerate(draft.lines, start=1)
-                ]
-                ids = session.scalars(
-                    insert(InvoiceLineRow).returning(InvoiceLineRow.id, sort_by_parameter_order=True),
-                    line_rows,
-                ).all()
-                items = [
-                    {"key": item, "line_id": line_id, "state": WorkState.DRAFTED.value, "updated_at": utcnow()}
-                    for line, line_id in zip(draft.lines, ids, strict=True)
-                    for item in line.work_item_keys
-                ]
-                if items:
-                    session.execute(update(WorkItem), items)
-                self._audit(
-                    session,
-                    actor,
-                    "drafted",
-                    "invoice_draft",
-                    [(key, {"total_minor": draft.total_minor, "lines": len(draft.lines)})],
-                )
+            new = [d for k, d in wanted.items() if k not in keep]
+            self._claim(session, new)
+            for draft in new:
+                self._insert_draft(session, period, draft, actor)
             # Items on a kept draft keep their state (drafted or approved); nothing to do for them.
         return list(drafts)
+
+    @staticmethod
+    def _claim(session: Session, drafts: Sequence[InvoiceDraft]) -> None:
+        """Mark the drafts' work items drafted, each only if no draft holds it and it is not billed; the
+        conditional update is exact under concurrency (SQLite serializes writers, PostgreSQL re-checks the
+        condition on rows another transaction changed)."""
+        keys = sorted({k for d in drafts for line in d.lines for k in line.work_item_keys})
+        claimed = 0
+        for chunk in _chunks(keys):
+            claimed += session.execute(
+                update(WorkItem)
+                .where(WorkItem.key.in_(chunk), WorkItem.line_id.is_(None),
+                       WorkItem.state.not_in([s.value for s in BILLED_STATES]))
+                .values(state=WorkState.DRAFTED.value, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            ).rowcount  # fmt: skip
+        if claimed == len(keys):
+            return
+        held: list[tuple[str, str | None, str]] = []
+        for chunk in _chunks(keys):
+            held += session.execute(
+                select(WorkItem.key, InvoiceLineRow.draft_key, WorkItem.state)
+                .outerjoin(InvoiceLineRow, InvoiceLineRow.id == WorkItem.line_id)
+                .where(WorkItem.key.in_(chunk),
+                       (WorkItem.line_id.is_not(None)) | WorkItem.state.in_([s.value for s in BILLED_STATES]))
+            ).tuples().all()  # fmt: skip
+        raise ClaimConflict(held, missing=len(keys) - claimed - len(held))
+
+    def _insert_draft(self, session: Session, period: str, draft: InvoiceDraft, actor: str) -> None:
+        document = draft.model_dump(mode="json") | {"_hash": document_hash(draft)}
+        session.add(
+            InvoiceDraftRow(
+                key=draft.key,
+                customer_id=draft.customer_id,
+                agreement_id=draft.agreement_id,
+                period=period,
+                currency=draft.currency,
+                version=draft.version,
+                total_minor=draft.total_minor,
+                state=DraftState.DRAFTED.value,
+                document=document,
+            )
+        )
+        session.flush()
+        line_rows = [
+            {
+                "draft_key": draft.key,
+                "line_no": no,
+                "work_item_key": line.work_item_keys[0] if line.work_item_keys else "",  # the first
+                "description": line.description,
+                "quantity_raw": str(line.quantity_raw),
+                "quantity_billed": str(line.quantity_billed),
+                "unit_price_minor": line.unit_price_minor,
+                "amount_minor": line.amount_minor,
+                "trace": line.trace,
+            }
+            for no, line in enumerate(draft.lines, start=1)
+        ]
+        ids = session.scalars(
+            insert(InvoiceLineRow).returning(InvoiceLineRow.id, sort_by_parameter_order=True), line_rows
+        ).all()
+        items = [
+            {"key": item, "line_id": line_id}
+            for line, line_id in zip(draft.lines, ids, strict=True)
+            for item in line.work_item_keys
+        ]
+        if items:
+            session.execute(update(WorkItem), items)
+        self._audit(session, actor, "drafted", "invoice_draft",
+                    [(draft.key, {"total_minor": draft.total_minor, "lines": len(draft.lines)})])  # fmt: skip
 
     def draft_states(self, keys: Iterable[str]) -> dict[str, DraftState]:
         keys = list(keys)
