@@ -117,6 +117,14 @@ def run(
             "a human in the Prefect UI or `ticket-to-invoice approve`."
         ),
     ] = None,
+    wait: Annotated[
+        bool | None,
+        typer.Option(
+            "--wait/--no-wait",
+            help="When another run of this period and ERP is in progress: wait for it to finish (default), or "
+            "stop at once without doing anything (exit 3).",
+        ),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Bill one period: every work item ends billed, non-billable by a named rule, or quarantined.
@@ -133,7 +141,7 @@ def run(
     """
     try:
         settings = load_settings(
-            period=period, source=source, input_dir=input_dir, erp=erp, rules_file=rules, approve=approve
+            period=period, source=source, input_dir=input_dir, erp=erp, rules_file=rules, approve=approve, wait=wait
         )
         _prepare_prefect(settings)
         from flows.ticket_to_invoice import preflight, ticket_to_invoice
@@ -144,7 +152,7 @@ def run(
         with _quiet_stdout(as_json, "Billing…"):
             summary = ticket_to_invoice(
                 period=settings.period, source=settings.source, input_dir=str(settings.input_dir),
-                erp=settings.erp, rules=str(settings.rules_file), approve=settings.approve,
+                erp=settings.erp, rules=str(settings.rules_file), approve=settings.approve, wait=settings.wait,
             )  # fmt: skip
     except UserFacingError as exc:
         raise _fail(exc) from None
@@ -210,7 +218,9 @@ def price_preview(
 ) -> None:
     """Price a period without posting anything: every charge line with its explanation, and the draft totals.
 
-    Nothing is written: not the ledger, not the ERP. Try a rule change here before a real run.
+    Shows exactly what `run` would bill now: work already billed is left out, fees and milestones due are in,
+    and a period already invoiced shows its supplementary version. Nothing is written: not the ledger, not
+    the ERP. Try a rule change here before a real run.
 
         ticket-to-invoice price --rules my-rules.yaml --json
     """
@@ -240,7 +250,9 @@ def price_preview(
         out.print(f"{draft['customer']}: {draft['lines']} lines, {money['total_minor']} + tax {money['tax_minor']} = "
                   f"{money['gross_minor']}")  # fmt: skip
     out.print(f"{len(result['non_billable'])} non-billable, {len(result['held'])} held, "
-              f"{len(result['quarantined'])} would be quarantined.")
+              f"{len(result['quarantined'])} would be quarantined.")  # fmt: skip
+    for note in result["notes"]:
+        out.print(f"[dim]note: {note}[/]")
 
 
 @app.command("rules-schema")

@@ -8,16 +8,20 @@ Credentials never live here in plain text: connectors read them from the environ
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from billing.errors import ConfigurationError
+from billing.models import PERIOD_RE
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_EXPORT = PROJECT_ROOT / "examples" / "sample-export"
@@ -60,6 +64,12 @@ class Settings(BaseSettings):
     approve: Literal["auto", "manual"] = "auto"
     approval_timeout_seconds: int = Field(default=3600, ge=1)
     period: str | None = Field(default=None, description="YYYY-MM; default: the export's own period.")
+    wait: bool = Field(
+        default=True,
+        description="When another run of the same period and ERP is in progress: wait for it (true), or stop at "
+        "once without doing anything (false, exit 3).",
+    )
+    lock_wait_seconds: int = Field(default=3600, ge=0, description="How long to wait for another run, at most.")
     max_failure_rate: float = Field(
         default=0.2, ge=0, le=1,
         description="Stop the run when more than this share of one suite's rows fails validation (0.2 = 20%).",
@@ -77,6 +87,13 @@ class Settings(BaseSettings):
         description="A suite of fewer rows never stops the run (one bad customer of four is no trend); its bad "
         "rows are still quarantined.",
     )  # fmt: skip
+
+    @field_validator("period")
+    @classmethod
+    def _a_month(cls, value: str | None) -> str | None:
+        if value is not None and not PERIOD_RE.match(value):
+            raise ValueError("a billing period is a month written YYYY-MM, e.g. 2026-10")
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -103,9 +120,28 @@ class Settings(BaseSettings):
         return self.home / "prefect"
 
 
+# Where a setting comes from when it is given explicitly: the command-line option (and flow parameter) name.
+OPTION_OF = {"input_dir": "--input", "rules_file": "--rules"}
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Settings with the given overrides (``None`` values are ignored, so CLI defaults fall through)."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings with the given overrides (``None`` values are ignored, so CLI defaults fall through).
+
+    A bad value is a ``ConfigurationError`` naming the option, variable or config file it came from."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)  # type: ignore[arg-type]
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{config_file()}: not a valid TOML file: {exc}") from None
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            where = (OPTION_OF.get(name, f"--{name.replace('_', '-')}") if name in given
+                     else f"TICKET_TO_INVOICE_{name.upper()} (or {name!r} in {config_file()})")  # fmt: skip
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{where}: {error.get('input')!r} is not valid: {message}")
+        raise ConfigurationError("; ".join(problems)) from None
 
 
 def ensure_home(settings: Settings) -> Path:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
+from billing.ledger import Ledger
 from billing.settings import Settings, load_settings
 from rules.schema import load_rules
 from tasks.approve import approval_policy, ask_a_human
@@ -24,23 +27,27 @@ def ticket_to_invoice(
     erp: Literal["tryton", "files"] | None = None,
     rules: str | None = None,
     approve: Literal["auto", "manual"] | None = None,
+    wait: bool | None = None,
 ) -> dict[str, Any]:
     """Bill one period's work. Parameters left empty come from settings (environment, config file, defaults)."""
     settings = load_settings(
-        period=period, source=source, input_dir=input_dir, erp=erp, rules_file=rules, approve=approve
+        period=period, source=source, input_dir=input_dir, erp=erp, rules_file=rules, approve=approve, wait=wait
     )
+    preflight(settings)  # a bad option, folder or rules file stops here, before anything is written
     period = resolve_period(settings)
+    say = get_run_logger().info
 
-    batch = extract(settings, period)
-    validated = validate_stage(settings, batch)  # .worklogs and .usage passed their suites
-    lines = price_stage(settings, batch, validated.worklogs, validated.usage)
-    drafts = draft(settings, batch, lines)
-    for_a_human = approval_policy(settings, drafts)
-    ask_a_human(settings, for_a_human)
-    with erp_session(settings, {int(period[:4])}, say=get_run_logger().info) as settings:
-        receipts, failures = post(settings, period)
-        written_back = write_back(settings, period)
-        report = reconcile(settings, period)
+    with one_run_at_a_time(settings, period, say):  # per period and ERP, across processes: a second run waits
+        batch = extract(settings, period)
+        validated = validate_stage(settings, batch)  # .worklogs and .usage passed their suites
+        lines = price_stage(settings, batch, validated.worklogs, validated.usage)
+        drafts = draft(settings, batch, lines)  # claims its work items: never on two drafts
+        for_a_human = approval_policy(settings, drafts)
+        ask_a_human(settings, for_a_human)
+        with erp_session(settings, {int(period[:4])}, say=say) as settings:
+            receipts, failures = post(settings, period)
+            written_back = write_back(settings, period)
+            report = reconcile(settings, period)
 
     summary = period_summary(settings, period, sum(not r.already_existed for r in receipts), failures)
     summary["reconcile"] = report.as_dict()
@@ -48,6 +55,14 @@ def ticket_to_invoice(
     summary["notes"] = batch.notes
     publish(summary, report)
     return summary
+
+
+def one_run_at_a_time(settings: Settings, period: str, say: Callable[[str], None]) -> AbstractContextManager[Any]:
+    """The lease on ``billing:<period>:<erp>`` in the ledger, held from extract to reconcile."""
+    return Ledger(settings.resolved_ledger_url).lock(
+        f"billing:{period}:{settings.erp}", purpose=f"a billing run of {period} into {settings.erp}",
+        wait=settings.wait, timeout=settings.lock_wait_seconds, say=say,
+    )  # fmt: skip
 
 
 def preflight(settings: Settings) -> None:

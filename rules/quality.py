@@ -9,19 +9,21 @@ expectation they failed and the offending values; the rest go on.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
+import threading
 import zoneinfo
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -102,7 +104,25 @@ class Suite:
         return set(re.findall(r'"\$PARAMETER": "([^"]+)"', json.dumps([c.config for c in self.checks])))
 
 
+_GX = threading.RLock()
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _gx_one_at_a_time(function: Callable[P, R]) -> Callable[P, R]:
+    """GX is not thread-safe (its context, its expectation registry): flows run in threads of one process
+    (tests, a runner) take turns in every function that touches it."""
+
+    @functools.wraps(function)
+    def serialized(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _GX:
+            return function(*args, **kwargs)
+
+    return serialized
+
+
 @cache
+@_gx_one_at_a_time
 def load_suite(name: str, folder: Path = SUITES) -> Suite:
     """A suite file, checked expectation by expectation (GX would skip an invalid one with only a log line)."""
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
@@ -180,6 +200,7 @@ class SuiteRun:
         return np.unique(np.concatenate(self.failed)) if self.failed else np.array([], dtype=np.int64)
 
 
+@_gx_one_at_a_time
 def run_suite(suite: Suite, frame: pd.DataFrame, parameters: Mapping[str, Any]) -> SuiteRun:
     """Validate ``frame`` (one batch, every expectation at once) and say which rows failed which check."""
     import great_expectations as gx
@@ -557,8 +578,10 @@ def validate_drafts(
 # -- reports -------------------------------------------------------------------------------------------
 
 
+@_gx_one_at_a_time
 def write_data_docs(outcomes: Sequence[Outcome], folder: Path) -> Path:
     """GX Data Docs (HTML) of these suite runs under ``folder``; the path of their index page."""
+
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import (
         ExpectationSuiteIdentifier,
@@ -624,13 +647,28 @@ def summary_markdown(outcomes: Sequence[Outcome], docs: Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gate(outcomes: Sequence[Outcome], max_failure_rate: float, docs: Path | None, min_rows: int = 1) -> None:
+def gate(
+    outcomes: Sequence[Outcome],
+    max_failure_rate: float,
+    docs: Path | None,
+    min_rows: int = 1,
+    period_rows: Mapping[str, int] | None = None,
+) -> None:
     """Refuse to go on when a suite's failing rows exceed the allowed share of its rows (for suites of at
-    least ``min_rows`` rows: in a handful of rows a share says little)."""
-    over = [o for o in outcomes if o.checked >= min_rows and o.failure_rate > max_failure_rate]
+    least ``min_rows`` rows: in a handful of rows a share says little).
+
+    ``period_rows``: per suite, how many rows the whole period has (billed by earlier runs or read by this
+    one). A rerun checks only what is left to do, yet is judged against the whole period, so a rerun of a
+    billed period, a crashed run's recovery or late work never stops at rows that were fine before."""
+    period_rows = period_rows or {}
+
+    def rows(o: Outcome) -> int:
+        return max(o.checked, period_rows.get(o.suite, 0))
+
+    over = [o for o in outcomes if rows(o) >= min_rows and o.failed_rows / max(rows(o), 1) > max_failure_rate]
     if not over:
         return
-    what = "; ".join(f"suite {o.suite!r}: {o.failed_rows} of {o.checked} rows failed ({o.failure_rate:.1%})"
+    what = "; ".join(f"suite {o.suite!r}: {o.failed_rows} of {rows(o)} rows failed ({o.failed_rows / rows(o):.1%})"
                      for o in over)  # fmt: skip
     where = f"Data Docs: {docs}; " if docs is not None else ""
     raise QualityGateError(

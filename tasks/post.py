@@ -36,6 +36,13 @@ def make_erp(settings: Settings) -> ErpConnector:
     raise ConfigurationError(f"unknown ERP {settings.erp!r}")
 
 
+def erp_target(settings: Settings) -> str:
+    """Which ERP instance posting writes to, as a lock name."""
+    if settings.erp == "files":
+        return f"files:{settings.erp_files_dir.resolve()}"
+    return f"{settings.erp}:{settings.tryton_url}/{settings.tryton_database}"
+
+
 @contextmanager
 def erp_session(settings: Settings, years: set[int], say: Callable[[str], None] = print) -> Iterator[Settings]:
     """The settings to post with. With the default ERP and no Tryton URL configured, an embedded Tryton is
@@ -56,16 +63,21 @@ def post_approved(settings: Settings, period: str) -> tuple[list[PostingReceipt]
     """Post every approved, unposted draft of the period (including ones a failed run left behind)."""
     ledger = Ledger(settings.resolved_ledger_url)
     erp = make_erp(settings)
-    approved = ledger.drafts(period, states=[DraftState.APPROVED])
-    # The drafts suite (rules/suites/drafts.json) is the last gate: a bad draft stays approved and unposted,
-    # reported as a failed posting with its reason, and is checked again on the next run.
-    # Unless the ERP may create customers (it does, by code, by default), a customer must be mapped already.
-    mapped = None if settings.erp_creates_customers else set(ledger.erp_mappings(erp.name, "party"))
-    problems, _ = validate_drafts(approved, mapped_customers=mapped)
-    refused = {p.key: p.reason for p in problems}
-    receipts, failures = erp.post([d for d in approved if d.key not in refused])
+    # One poster per ERP at a time, across processes: check-then-create by key is only exact when serialized
+    # (and Tryton on SQLite numbers invoices twice under concurrent posts). The approved drafts are read
+    # under the lock, so a draft another run replaced meanwhile is not posted in its old form.
+    target = erp_target(settings)
+    with ledger.lock(f"posting:{target}", purpose=f"posting into {target}"):
+        approved = ledger.drafts(period, states=[DraftState.APPROVED])
+        # The drafts suite (rules/suites/drafts.json) is the last gate: a bad draft stays approved and unposted,
+        # reported as a failed posting with its reason, and is checked again on the next run.
+        # Unless the ERP may create customers (it does, by code, by default), a customer must be mapped already.
+        mapped = None if settings.erp_creates_customers else set(ledger.erp_mappings(erp.name, "party"))
+        problems, _ = validate_drafts(approved, mapped_customers=mapped)
+        refused = {p.key: p.reason for p in problems}
+        receipts, failures = erp.post([d for d in approved if d.key not in refused])
+        ledger.record_postings(receipts, actor=f"post:{erp.name}")
     failures += [PostingFailure(draft_key=k, erp=erp.name, error=f"not posted: {r}") for k, r in refused.items()]
-    ledger.record_postings(receipts, actor=f"post:{erp.name}")
     return receipts, failures
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -10,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from billing.ledger import Ledger, WorkState
-from billing.models import DraftState
+from billing.models import DraftState, InvoiceDraft
 from billing.money import format_money
 from billing.settings import Settings
 from tasks.extract import make_source
@@ -24,6 +26,7 @@ class ReconcileReport:
     period: str
     invoices: list[dict[str, Any]] = field(default_factory=list)
     mismatches: list[dict[str, Any]] = field(default_factory=list)
+    # ERP invoices sharing one key ({key, erp_numbers}), and work items on two live invoices ({work_item, keys, ...})
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     unbilled: list[str] = field(default_factory=list)
     changed_after_billing: list[str] = field(default_factory=list)  # edited at the source since: credit or re-bill
@@ -71,6 +74,7 @@ def reconcile_period(settings: Settings, period: str) -> ReconcileReport:
         report.invoices.append(entry)
         if status in ("missing_in_erp", "mismatch"):
             report.mismatches.append(entry)
+    report.duplicates += billed_twice(posted, numbers)
     ledger.mark_reconciled(matched, actor=f"reconcile:{erp.name}")
     if settings.source == "redmine":  # billed entries are not extracted again: look at them at the source
         source = make_source(settings)
@@ -84,6 +88,16 @@ def reconcile_period(settings: Settings, period: str) -> ReconcileReport:
     flagged = items["details"].map(lambda d: bool(d and d.get("changed_after_billing")))
     report.changed_after_billing = sorted(items.loc[flagged, "key"])
     return report
+
+
+def billed_twice(posted: Sequence[InvoiceDraft], numbers: dict[str, str]) -> list[dict[str, Any]]:
+    """Work items that two live invoices bill: ``{work_item, keys, erp_numbers}`` each."""
+    on: dict[str, list[str]] = defaultdict(list)
+    for draft in posted:
+        for item in {key for line in draft.lines for key in line.work_item_keys}:
+            on[item].append(draft.key)
+    return [{"work_item": item, "keys": keys, "erp_numbers": [numbers.get(k) for k in keys]}
+            for item, keys in sorted(on.items()) if len(keys) > 1]  # fmt: skip
 
 
 def write_back_to_source(settings: Settings, period: str) -> dict[str, Any]:

@@ -144,7 +144,12 @@ def validate_batch(settings: Settings, batch: WorkBatch, now: datetime | None = 
     docs = write_data_docs(checked.all, settings.home / "data-docs" / _run_name(batch, now))
     prune_data_docs(settings.home / "data-docs", settings.data_docs_keep)
     _publish(checked.all, docs, batch.period)
-    gate(checked.all, settings.max_failure_rate, docs, settings.failure_rate_min_rows)
+    # Judged against the whole period (earlier runs' rows too), not only what is left to do: see gate().
+    period_rows = {
+        outcome.suite: ledger.count_items(batch.period, batch.source_system, set(frame["object_type"]))
+        for outcome, frame in ((checked.worklogs, batch.worklogs), (checked.usage, batch.usage))
+    }
+    gate(checked.all, settings.max_failure_rate, docs, settings.failure_rate_min_rows, period_rows)
     return Validated(worklogs=checked.worklogs.valid, usage=checked.usage.valid, data_docs=docs,
                      outcomes=checked.all)  # fmt: skip
 
