@@ -526,25 +526,29 @@ def _fixed_line(*, key: str, source_id: str, customer: Customer, day: date, serv
     }  # fmt: skip
 
 
-def milestones_due(tickets: pd.DataFrame, customers: list[Customer], rules: RuleSet, period: str) -> pd.DataFrame:
-    """A line per milestone whose ticket was resolved or closed by the end of the period (billed once: the
-    ledger skips it on later runs)."""
-    year, month = map(int, period.split("-"))
-    end = pd.Timestamp(date(year, month, calendar.monthrange(year, month)[1]), tz="UTC") + pd.Timedelta(days=1)
+def milestones_due(tickets: pd.DataFrame, customers: list[Customer], rules: RuleSet, period: str,
+                   earlier: bool = False) -> pd.DataFrame:  # fmt: skip
+    """A line per milestone whose ticket was resolved or closed in the period, in the customer's timezone
+    (billed once: the ledger skips it on later runs). ``earlier``: those resolved before the period instead."""
     by_id = {c.customer_id: c for c in customers}
-    resolved = {}
+    resolved: dict[str, pd.Timestamp] = {}
     if len(tickets) and "resolved_at" in tickets:
-        done = tickets[tickets["resolved_at"].notna() & (tickets["resolved_at"] < end)]
+        done = tickets[tickets["resolved_at"].notna()]
         resolved = dict(zip(done["ticket_id"], done["resolved_at"], strict=True))
     rows = []
     for number, spec in enumerate(rules.milestones):
         customer = by_id.get(spec.customer)
         if customer is None or customer.currency not in spec.amount or spec.ticket not in resolved:
             continue
+        at = pd.Timestamp(resolved[spec.ticket])
+        day = (at if at.tzinfo else at.tz_localize("UTC")).tz_convert(customer.timezone).date()
+        month = f"{day:%Y-%m}"
+        if (month >= period) if earlier else (month != period):
+            continue
         amount = to_minor(spec.amount[customer.currency], customer.currency)
         rows.append(_fixed_line(
             key=f"milestone:{spec.id}", source_id=spec.id, customer=customer,
-            day=resolved[spec.ticket].date(), service_type="milestone", full=amount, amount=amount,
+            day=day, service_type="milestone", full=amount, amount=amount,
             source=f"milestones[{number}]", rounding=rules.money_rounding(customer.currency),
             description=f"Milestone {spec.id}: {spec.description} (ticket {spec.ticket} done)",
             object_type="milestone", ticket_id=spec.ticket,

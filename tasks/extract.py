@@ -36,29 +36,32 @@ def resolve_period(settings: Settings) -> str:
 
 
 def extract_work(settings: Settings, period: str) -> WorkBatch:
-    """The period's work logs, less those already billed; all of them are remembered in the ledger."""
+    """The period's work logs and usage records, less those already billed; all of them are remembered in
+    the ledger."""
     batch = make_source(settings).extract(period)
     ledger = Ledger(settings.resolved_ledger_url)
-    # One work item per natural key: a repeated id is one item (quarantined by validation as a duplicate).
-    seen = ledger.register(batch.worklogs.drop_duplicates("key"), actor=f"extract:{batch.source_system}")
-    todo = set(seen.loc[seen["process"], "key"])
-    already = int((~seen["process"]).sum())
-    changed = int(seen["changed_after_billing"].sum())
     notes = list(batch.notes)
-    if already:
-        notes.append(f"{already} work log(s) already billed: skipped")
-    if changed:
-        notes.append(f"{changed} work log(s) changed after they were billed: reported for correction")
-    worklogs = batch.worklogs[batch.worklogs["key"].isin(todo)].reset_index(drop=True)
-    usage = batch.usage
-    if len(usage):  # usage records are work items too: billed once, whatever the reruns
-        seen_usage = ledger.register(usage.drop_duplicates("key"), actor=f"extract:{batch.source_system}")
-        todo |= set(seen_usage.loc[seen_usage["process"], "key"])
-        if billed := int((~seen_usage["process"]).sum()):
-            notes.append(f"{billed} usage record(s) already billed: skipped")
-        usage = usage[usage["key"].isin(todo)].reset_index(drop=True)
-    issues = batch.issues[batch.issues["key"].isin(todo)].reset_index(drop=True)
-    return replace(batch, worklogs=worklogs, issues=issues, notes=notes, usage=usage)
+    billed: set[str] = set()
+    # One work item per natural key: a repeated id is one item (quarantined by validation as a duplicate).
+    for frame, what in ((batch.worklogs, "work log"), (batch.usage, "usage record")):
+        if frame.empty:
+            continue
+        seen = ledger.register(frame.drop_duplicates("key"), actor=f"extract:{batch.source_system}")
+        billed |= set(seen.loc[~seen["process"], "key"])
+        if already := int((~seen["process"]).sum()):
+            notes.append(f"{already} {what}(s) already billed: skipped")
+        if changed := int(seen["changed_after_billing"].sum()):
+            notes.append(f"{changed} {what}(s) changed after they were billed: reported for correction")
+    return replace(only_unbilled(batch, billed), notes=notes)
+
+
+def only_unbilled(batch: WorkBatch, billed: set[str]) -> WorkBatch:
+    """The batch less the work logs and usage records billed before (and their row problems)."""
+    if not billed:
+        return batch
+    keep = [frame[~frame["key"].isin(billed)].reset_index(drop=True)
+            for frame in (batch.worklogs, batch.usage, batch.issues)]  # fmt: skip
+    return replace(batch, worklogs=keep[0], usage=keep[1], issues=keep[2])
 
 
 extract = task(extract_work, name="extract", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

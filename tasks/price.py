@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import pandas as pd
 from prefect import task
@@ -21,56 +23,109 @@ from rules.engine import agreement_fees, explain, milestones_due, price, quantit
 from rules.retainers import balances, draw_down
 from rules.schema import RuleSet, load_rules
 from rules.usage import usage_lines
-from tasks.extract import make_source
+from tasks.extract import make_source, only_unbilled
 from tasks.validate import check_batch
+
+
+class LedgerView(Protocol):
+    """What pricing and drafting read from the ledger. The run passes the ledger; the preview passes the
+    same ledger (or an empty view when there is none yet), so both decide alike."""
+
+    def billed_keys(self, keys: Iterable[str]) -> set[str]: ...
+
+    def posted_versions(self, period: str) -> dict[tuple[str, str, str], int]: ...
+
+    def drafts(self, period: str | None = None, states: Iterable[DraftState] | None = None) -> list[InvoiceDraft]: ...
+
+
+class NoLedger:
+    """A ledger that does not exist yet: nothing billed, nothing posted."""
+
+    def billed_keys(self, keys: Iterable[str]) -> set[str]:
+        return set()
+
+    def posted_versions(self, period: str) -> dict[tuple[str, str, str], int]:
+        return {}
+
+    def drafts(self, period: str | None = None, states: Iterable[DraftState] | None = None) -> list[InvoiceDraft]:
+        return []
+
+
+@dataclass
+class Priced:
+    """What pricing decided for a batch; nothing written yet."""
+
+    lines: pd.DataFrame  # to draft: work, usage and rule-made lines not billed before
+    non_billable: pd.DataFrame  # key, rule
+    held: pd.DataFrame  # key, rule
+    unpriceable: pd.DataFrame  # key, reason
+    rule_items: list[pd.DataFrame]  # the work items of ticket fees, agreement fees and milestones
+    covered: dict[str, str]  # later work on a ticket whose fixed price was billed before → why
+    notes: list[str]
+
+
+def price_period(batch: WorkBatch, valid: pd.DataFrame, usage: pd.DataFrame, rules: RuleSet,
+                 ledger: LedgerView) -> Priced:  # fmt: skip
+    """Charge lines for the valid work logs and usage records, plus the fees and milestones due, less what
+    the ledger says was billed before."""
+    result = price(valid, batch.customers, rules, batch.tickets)
+    work, fee_items, covered = _ticket_fees_once(ledger, batch, rules, result.lines)
+    metered = usage_lines(usage, batch.customers, rules, batch.period)
+    made = rule_lines(batch, rules)
+    made_items = _as_items(made, batch, rules)
+    made = made[~made["key"].isin(ledger.billed_keys(made["key"]))] if len(made) else made
+    parts = [p for p in (work, metered, made) if len(p)]
+    lines = pd.concat(parts, ignore_index=True) if len(parts) > 1 else work if not parts else parts[0]
+    return Priced(lines=lines, non_billable=result.non_billable, held=result.held, unpriceable=result.unpriceable,
+                  rule_items=[fee_items, made_items], covered=covered,
+                  notes=milestones_of_earlier_periods(batch, rules, ledger))  # fmt: skip
 
 
 def price_work(
     settings: Settings, batch: WorkBatch, valid: pd.DataFrame, usage: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """Charge lines for the valid work logs and usage records; non-billable, held and unpriceable work logs
-    are settled in the ledger."""
+    are settled in the ledger, the fees' and milestones' work items recorded."""
     rules = load_rules(settings.rules_file)
-    result = price(valid, batch.customers, rules, batch.tickets)
     ledger = Ledger(settings.resolved_ledger_url)
-    ledger.set_state(
-        result.non_billable["key"].tolist(),
-        WorkState.NON_BILLABLE,
-        actor="price",
-        reasons=result.non_billable["rule"].tolist(),
-    )
-    ledger.set_state(
-        result.unpriceable["key"].tolist(),
-        WorkState.QUARANTINED,
-        actor="price",
-        reasons=result.unpriceable["reason"].tolist(),
-    )
-    ledger.set_state(result.held["key"].tolist(), WorkState.HELD, actor="price", reasons=result.held["rule"].tolist())
-    work = _bill_ticket_fees_once(ledger, batch, rules, result.lines)
-    ledger.set_state(line_items(work), WorkState.PRICED, actor="price")
-    metered = usage_lines(batch.usage.iloc[:0] if usage is None else usage, batch.customers, rules, batch.period)
-    ledger.set_state(line_items(metered), WorkState.PRICED, actor="price")
-    made = _rule_lines_to_bill(ledger, batch, rules)
-    parts = [p for p in (work, metered, made) if len(p)]
-    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else work if not parts else parts[0]
+    priced = price_period(batch, valid, batch.usage.iloc[:0] if usage is None else usage, rules, ledger)
+    ledger.set_state(priced.non_billable["key"].tolist(), WorkState.NON_BILLABLE, actor="price",
+                     reasons=priced.non_billable["rule"].tolist())  # fmt: skip
+    ledger.set_state(priced.unpriceable["key"].tolist(), WorkState.QUARANTINED, actor="price",
+                     reasons=priced.unpriceable["reason"].tolist())  # fmt: skip
+    ledger.set_state(priced.held["key"].tolist(), WorkState.HELD, actor="price", reasons=priced.held["rule"].tolist())
+    for items in priced.rule_items:  # each is a work item of its own, billed once whatever the reruns
+        if len(items):
+            ledger.register(items, actor="price:rules")
+    ledger.set_state(list(priced.covered), WorkState.NON_BILLABLE, actor="price:ticket-fees",
+                     reasons=list(priced.covered.values()))  # fmt: skip
+    ledger.set_state(line_items(priced.lines), WorkState.PRICED, actor="price")
+    batch.notes.extend(priced.notes)
+    return priced.lines
 
 
-def _bill_ticket_fees_once(ledger: Ledger, batch: WorkBatch, rules: RuleSet, lines: pd.DataFrame) -> pd.DataFrame:
-    """A ticket's fixed price is a work item of its own (``ticket-fee:<rule>:<ticket>``): billed with the
-    first work on the ticket; later work on it is settled as non-billable, covered by that price."""
-    if "object_type" not in lines or not (fees := lines[lines["object_type"] == "ticket_fee"]).size:
+def _as_items(lines: pd.DataFrame, batch: WorkBatch, rules: RuleSet) -> pd.DataFrame:
+    """Rule-made lines as the ledger's work items (``fee:<agreement>:<period>``, ``milestone:<id>``,
+    ``ticket-fee:<rule>:<ticket>``)."""
+    if lines.empty:
         return lines
-    items = fees.assign(source_system="rules", instance=rules.name, period=batch.period,
-                        content_hash=fees["amount_minor"].astype(str))  # fmt: skip
-    seen = ledger.register(items, actor="price:ticket-fees")
-    billed = fees[fees["key"].isin(set(seen.loc[~seen["process"], "key"]))]
-    covered: list[str] = []
-    reasons: list[str] = []
+    return lines.assign(source_system="rules", instance=rules.name, period=batch.period,
+                        content_hash=lines["amount_minor"].astype(str))  # fmt: skip
+
+
+def _ticket_fees_once(
+    ledger: LedgerView, batch: WorkBatch, rules: RuleSet, lines: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+    """A ticket's fixed price is a work item of its own (``ticket-fee:<rule>:<ticket>``): billed with the
+    first work on the ticket; later work on it is settled as non-billable, covered by that price.
+    Returns the lines to bill, the fee items, and the covered work logs with their reason."""
+    if "object_type" not in lines or not (fees := lines[lines["object_type"] == "ticket_fee"]).size:
+        return lines, lines.iloc[:0], {}
+    billed = fees[fees["key"].isin(ledger.billed_keys(fees["key"]))]
+    covered: dict[str, str] = {}
     for source, keys in zip(billed["rate_source"], billed["item_keys"], strict=True):  # one per ticket
-        covered += keys[1:]
-        reasons += [f"{source}: covered by the ticket's fixed price, billed before"] * (len(keys) - 1)
-    ledger.set_state(covered, WorkState.NON_BILLABLE, actor="price:ticket-fees", reasons=reasons)
-    return lines.drop(index=billed.index)
+        covered |= dict.fromkeys(keys[1:], f"{source}: covered by the ticket's fixed price, billed before")
+    return lines.drop(index=billed.index), _as_items(fees, batch, rules), covered
 
 
 def line_items(lines: pd.DataFrame) -> list[str]:
@@ -91,27 +146,32 @@ def rule_lines(batch: WorkBatch, rules: RuleSet) -> pd.DataFrame:
     return pd.concat(made, ignore_index=True) if made else pd.DataFrame()
 
 
-def _rule_lines_to_bill(ledger: Ledger, batch: WorkBatch, rules: RuleSet) -> pd.DataFrame:
-    """The rule-made lines not billed yet. Each is a work item of its own (``fee:<agreement>:<period>``,
-    ``milestone:<id>``), so it is billed once, whatever the reruns."""
-    made = rule_lines(batch, rules)
-    if made.empty:
-        return made
-    items = made.assign(source_system="rules", instance=rules.name, period=batch.period,
-                        content_hash=made["amount_minor"].astype(str))  # fmt: skip
-    seen = ledger.register(items, actor="price:rules")
-    made = made[made["key"].isin(set(seen.loc[seen["process"], "key"]))]
-    ledger.set_state(made["key"].tolist(), WorkState.PRICED, actor="price:rules")
-    return made
+def milestones_of_earlier_periods(batch: WorkBatch, rules: RuleSet, ledger: LedgerView) -> list[str]:
+    """A milestone bills in the period its ticket was resolved. One resolved before this period and never
+    billed (its period was run before the milestone was in the rules, or before this ledger existed) is not
+    swept onto this invoice: it is named, with the period whose run bills it."""
+    earlier = milestones_due(batch.tickets, batch.customers, rules, batch.period, earlier=True)
+    if earlier.empty:
+        return []
+    unbilled = earlier[~earlier["key"].isin(ledger.billed_keys(earlier["key"]))]
+    return [f"milestone {row.source_id}: its ticket {row.ticket_id} was resolved in {str(row.started_at)[:7]}, "
+            f"before {batch.period}; a run of {str(row.started_at)[:7]} bills it"
+            for row in unbilled.itertuples()]  # fmt: skip
 
 
 def build_drafts(settings: Settings, batch: WorkBatch, lines: pd.DataFrame) -> list[InvoiceDraft]:
     """Group charge lines into drafts and make them the period's unposted drafts in the ledger."""
     ledger = Ledger(settings.resolved_ledger_url)
-    posted = ledger.drafts(states=[DraftState.POSTED])
-    drafts = group_drafts(batch, lines, load_rules(settings.rules_file), ledger.posted_versions(batch.period), posted)
+    drafts = plan_drafts(batch, lines, load_rules(settings.rules_file), ledger)
     ledger.save_drafts(batch.period, drafts, actor="draft")
     return drafts
+
+
+def plan_drafts(batch: WorkBatch, lines: pd.DataFrame, rules: RuleSet, ledger: LedgerView) -> list[InvoiceDraft]:
+    """The drafts the lines make, numbered after the period's posted versions, with caps and prepaid hours
+    looking back on the invoices posted so far."""
+    history = ledger.drafts(states=[DraftState.POSTED])
+    return group_drafts(batch, lines, rules, ledger.posted_versions(batch.period), history)
 
 
 def group_drafts(
@@ -242,38 +302,45 @@ draft = task(build_drafts, name="draft", cache_policy=NO_CACHE)
 
 
 def preview(settings: Settings, period: str, now: datetime | None = None) -> dict[str, Any]:
-    """Price a period without touching the ledger or the ERP: the charge lines and the draft totals.
-
-    The same plain functions as the flow, minus every write; rows that would be quarantined or settled as
-    non-billable are listed with their reasons."""
+    """What ``run`` would bill now, without writing anything: the same plain functions over the same ledger
+    (read only), minus every write. Lines, drafts (supplementary versions included), and the rows that
+    would be quarantined, settled as non-billable or held, with their reasons."""
     rules = load_rules(settings.rules_file)
+    ledger = _read_only_ledger(settings)
     batch = make_source(settings).extract(period)
+    keys = pd.concat([batch.worklogs["key"], batch.usage["key"]], ignore_index=True)
+    batch = only_unbilled(batch, ledger.billed_keys(keys))
     checked = check_batch(batch, rules, now)
-    result = price(checked.worklogs.valid, batch.customers, rules, batch.tickets)
-    metered = usage_lines(checked.usage.valid, batch.customers, rules, period)
-    parts = [p for p in (result.lines, metered, rule_lines(batch, rules)) if len(p)]
-    lines = pd.concat(parts, ignore_index=True) if len(parts) > 1 else result.lines
-    drafts = group_drafts(batch, lines, rules, posted={})
+    priced = price_period(batch, checked.worklogs.valid, checked.usage.valid, rules, ledger)
+    drafts = plan_drafts(batch, priced.lines, rules, ledger)
+    unpriceable = priced.unpriceable.merge(batch.worklogs[["key", "source_id"]], on="key", how="left")
     return {
         "period": period,
         "lines": [
-            {"source_id": line.source_id, "customer": line.customer_id, "quantity_raw": str(line.quantity_raw),
+            {"draft": draft.key, "source_id": line.source_id, "customer": line.customer_id,
+             "description": line.description, "quantity_raw": str(line.quantity_raw),
              "quantity_billed": str(line.quantity_billed), "unit_price_minor": line.unit_price_minor,
-             "amount_minor": line.amount_minor, "currency": line.currency,
-             "explanation": line.trace["explanation"]}
+             "amount_minor": line.amount_minor, "currency": line.currency, "explanation": line.trace["explanation"]}
             for draft in drafts for line in draft.lines
         ],
-        "drafts": [{"customer": d.customer_id, "currency": d.currency, "lines": len(d.lines),
-                    "total_minor": d.total_minor, "tax_minor": d.tax_minor, "gross_minor": d.gross_minor}
-                   for d in drafts],
-        "non_billable": [{"key": k, "rule": r} for k, r in zip(result.non_billable["key"],
-                                                                 result.non_billable["rule"], strict=True)],
-        "held": [{"key": k, "rule": r} for k, r in zip(result.held["key"], result.held["rule"], strict=True)],
-        "quarantined": [{"source_id": s, "reason": r} for s, r in zip(checked.worklogs.quarantined["source_id"],
-                                                                        checked.worklogs.quarantined["reason"],
-                                                                        strict=True)]
-        + [{"source_id": k, "reason": r} for k, r in zip(result.unpriceable["key"], result.unpriceable["reason"],
-                                                          strict=True)]
-        + [{"source_id": s, "reason": r} for s, r in zip(checked.usage.quarantined["source_id"],
-                                                          checked.usage.quarantined["reason"], strict=True)],
+        "drafts": [{"key": d.key, "customer": d.customer_id, "currency": d.currency, "version": d.version,
+                    "lines": len(d.lines), "total_minor": d.total_minor, "tax_minor": d.tax_minor,
+                    "gross_minor": d.gross_minor} for d in drafts],
+        "non_billable": [{"key": k, "rule": r} for k, r in zip(priced.non_billable["key"],
+                                                                 priced.non_billable["rule"], strict=True)]
+        + [{"key": k, "rule": r} for k, r in priced.covered.items()],
+        "held": [{"key": k, "rule": r} for k, r in zip(priced.held["key"], priced.held["rule"], strict=True)],
+        "quarantined": [{"source_id": s, "reason": r} for outcome in (checked.worklogs, checked.usage)
+                        for s, r in zip(outcome.quarantined["source_id"], outcome.quarantined["reason"], strict=True)]
+        + [{"source_id": s if isinstance(s, str) else k, "reason": r}
+           for k, s, r in zip(unpriceable["key"], unpriceable["source_id"], unpriceable["reason"], strict=True)],
+        "notes": [*batch.notes, *priced.notes],
     }  # fmt: skip
+
+
+def _read_only_ledger(settings: Settings) -> LedgerView:
+    """The ledger to read, or an empty view when it does not exist yet (the preview creates nothing)."""
+    url = settings.resolved_ledger_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return NoLedger()
+    return Ledger(url)

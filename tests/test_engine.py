@@ -370,3 +370,12 @@ def test_work_is_held_until_its_ticket_is_resolved_but_non_billable_work_is_sett
     assert result.held.values.tolist() == [["t:2", "held by resolved-only: waiting"]]
     assert result.non_billable["key"].tolist() == ["t:3"]  # not billable whatever its ticket does
     assert sorted(result.lines["source_id"]) == ["WL-1", "WL-4"]  # resolved, and no ticket to wait for
+
+
+def test_a_milestone_resolved_before_the_period_is_not_due_in_it_but_found_as_earlier() -> None:
+    rules = rules_with(milestones=[{"id": "m1", "customer": "GLOBEX", "ticket": "T-9", "description": "Go-live",
+                                    "amount": {"EUR": "1200.00"}}])  # fmt: skip
+    tickets = pd.DataFrame({"ticket_id": ["T-9"], "resolved_at": [pd.Timestamp("2026-09-12T10:00Z")]})
+    assert milestones_due(tickets, CUSTOMERS, rules, "2026-10").empty  # September's, not swept into October
+    assert milestones_due(tickets, CUSTOMERS, rules, "2026-10", earlier=True)["key"].tolist() == ["milestone:m1"]
+    assert milestones_due(tickets, CUSTOMERS, rules, "2026-09", earlier=True).empty
