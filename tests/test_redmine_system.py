@@ -83,6 +83,20 @@ def test_api_key_is_checked_on_users_current(redmine: RedmineInstance) -> None:
     assert anonymous.json()["time_entries"] == []
 
 
+def test_every_server_starts_from_a_pristine_database_of_its_own(redmine: RedmineInstance) -> None:
+    """Whatever an earlier session, another server or Debian's default instance holds, a server starts empty."""
+    leftover = {"name": "Left over", "identifier": f"leftover-{new_tag()}", "enabled_module_names": ["time_tracking"]}
+    with redmine.client() as client:
+        assert client.post("/projects.json", json={"project": leftover}).status_code == 201
+
+    with redmine_server() as fresh, fresh.client() as client:
+        assert fresh.database is not None and fresh.database != redmine.database
+        assert client.get("/projects.json").json()["total_count"] == 0
+        assert client.get("/users/current.json").json()["user"]["login"] == "admin"
+        assert fresh.custom_fields == redmine.custom_fields
+    assert not fresh.database.exists()  # removed with the server
+
+
 def test_billed_month_comes_back_over_several_pages(client: httpx.Client, seeded: SeedSummary) -> None:
     expected = {entry.id: entry for entry in seeded.month(BILLED_MONTH)}
     assert len(expected) > 100
