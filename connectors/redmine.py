@@ -123,11 +123,18 @@ class RedmineSource:
         """Errors that survived the retries, as errors a user can act on: an outage is ``SystemUnavailable``."""
         try:
             yield
-        except (RetryableError, httpx.TransportError) as exc:
+        except httpx.TransportError as exc:
             raise SystemUnavailable(
-                f"Redmine at {self.url} could not {doing} after retries: {exc or type(exc).__name__}",
-                hint="check that Redmine is running and reachable from here (TICKET_TO_INVOICE_REDMINE_URL), "
-                "and its web server's log; a rerun picks up where this one stopped",
+                f"Redmine at {self.url} cannot be reached: {exc or type(exc).__name__} (trying to {doing}, "
+                "retried with backoff)",
+                hint="check that Redmine is running and that TICKET_TO_INVOICE_REDMINE_URL is its address, "
+                "reachable from here; then run again",
+            ) from None
+        except RetryableError as exc:
+            raise SystemUnavailable(
+                f"Redmine at {self.url} keeps failing: {exc} (trying to {doing}, retried with backoff)",
+                hint="check Redmine's web server and its log (production.log), and TICKET_TO_INVOICE_REDMINE_URL; "
+                "then run again",
             ) from None
         except FatalError as exc:
             raise ConfigurationError(

@@ -262,7 +262,7 @@ def test_a_refused_connection_is_system_unavailable(no_sleep: list[float]) -> No
     route = respx.get(f"{URL}/users/current.json").mock(
         side_effect=httpx.ConnectError("[Errno 111] Connection refused")
     )
-    with pytest.raises(SystemUnavailable, match=rf"Redmine at {URL} .*Connection refused"):
+    with pytest.raises(SystemUnavailable, match=rf"Redmine at {URL} cannot be reached: .*Connection refused"):
         source().check()
     assert route.call_count == 5
 
@@ -297,7 +297,10 @@ def test_reads_that_keep_failing_are_system_unavailable(no_sleep: list[float]) -
     respx.get(f"{URL}/projects.json").mock(side_effect=paged("projects", PROJECTS))
     respx.get(f"{URL}/custom_fields.json").mock(return_value=httpx.Response(200, json={"custom_fields": FIELDS}))
     route = respx.get(f"{URL}/time_entries.json").mock(return_value=httpx.Response(502))
-    with pytest.raises(SystemUnavailable, match=f"Redmine at {URL} could not read the time entries of 2026-10"):
+    with pytest.raises(
+        SystemUnavailable,
+        match=rf"Redmine at {URL} keeps failing: .*HTTP 502 \(trying to read the time entries of 2026-10",
+    ):
         source().extract("2026-10")
     assert route.call_count == 5
 

@@ -310,3 +310,23 @@ def test_a_period_without_any_time_entries_is_a_clean_run_with_nothing_posted(
     assert summary["work_items_total"] == 0 and summary["quarantined"] == []
     assert summary["write_back"] == {"written": 0, "failed": {}}
     assert summary["reconcile"]["mismatches"] == []
+
+
+def test_a_redmine_that_is_down_is_exit_1_with_a_message_not_a_traceback(tmp_path: Path) -> None:
+    """The login check is retried with backoff (about 10 s), then the CLI names Redmine and what to check."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:  # a port nothing listens on: Redmine stopped
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TICKET_TO_INVOICE_", "PREFECT_"))}
+    env |= {"TICKET_TO_INVOICE_HOME": str(tmp_path), "TICKET_TO_INVOICE_REDMINE_URL": url,
+            "TICKET_TO_INVOICE_REDMINE_API_KEY": "somekey", "TICKET_TO_INVOICE_ERP": "files"}  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "billing.cli", "run", "--source", "redmine", "--period",
+                             BILLED_MONTH], env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert f"Redmine at {url}" in result.stderr and "Traceback" not in result.stderr
+    assert "TICKET_TO_INVOICE_REDMINE_URL" in result.stderr  # the hint: what to check
