@@ -149,7 +149,13 @@ class RedmineSource:
     def custom_field_id(self, customized_type: str, name: str) -> int:
         """The id of a custom field by its name (``time_entry`` or ``issue``)."""
         if self._fields is None:
-            fields = get_json(self.http, "/custom_fields.json").get("custom_fields", [])
+            try:
+                fields = get_json(self.http, "/custom_fields.json").get("custom_fields", [])
+            except FatalError as exc:  # 403 for anyone but an administrator
+                raise ConfigurationError(f"Redmine at {self.url} does not list its custom fields to this API key "
+                                         f"({exc})", hint="use the API key of a Redmine administrator: only they "
+                                         "may read /custom_fields.json, where the invoice number and billable "
+                                         "fields are found") from None  # fmt: skip
             self._fields = {(f["customized_type"], f["name"]): f["id"] for f in fields}
         try:
             return self._fields[(customized_type, name)]
@@ -288,8 +294,9 @@ class RedmineSource:
 
     @with_retries()
     def _put_note(self, path: str, body: dict[str, Any]) -> None:
-        """A PUT that adds a journal note: retried only when Redmine surely did not get it (no connection,
-        or an HTTP error answer, which rolls back); a lost answer is not retried, or the note could be doubled."""
+        """A PUT that adds a journal note: retried when Redmine did not take it (no connection, or an error
+        answer: Redmine rolls its transaction back; a proxy's 502/504 after the fact could still double the note),
+        not when the answer was lost on the way back, which would double it."""
         try:
             response = self.http.put(path, json=body)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):

@@ -342,3 +342,13 @@ def test_an_issue_note_whose_answer_was_lost_is_not_sent_twice(no_sleep: list[fl
 
     assert note.call_count == 1 and result.written == []
     assert "may have been written" in result.failed["k1"]
+
+
+@respx.mock
+def test_a_key_without_administrator_rights_is_told_so() -> None:
+    """Redmine lists custom fields to administrators only (403 otherwise): a configuration error, not a traceback."""
+    respx.get(f"{URL}/projects.json").mock(side_effect=paged("projects", PROJECTS))
+    respx.get(f"{URL}/custom_fields.json").mock(return_value=httpx.Response(403))
+    with pytest.raises(ConfigurationError, match="does not list its custom fields") as error:
+        source().extract("2026-10")
+    assert "administrator" in (error.value.hint or "")
