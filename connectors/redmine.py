@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -20,9 +21,19 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from billing.errors import ConfigurationError
+from billing.errors import ConfigurationError, SystemUnavailable
 from billing.models import ISSUE_COLUMNS, WORKLOG_COLUMNS, Customer, WorkBatch, content_hash, previous_month
-from connectors.http import FatalError, HeaderAuth, OffsetPaginator, QuotaGuard, classify, get_json, make_client
+from connectors.http import (
+    FatalError,
+    HeaderAuth,
+    OffsetPaginator,
+    QuotaGuard,
+    RetryableError,
+    classify,
+    get_json,
+    make_client,
+    with_retries,
+)
 from rules.schema import CustomerDefaults, CustomerSpec, RedmineMapping
 
 SYSTEM = "redmine"
@@ -32,6 +43,16 @@ TICKET_COLUMNS = ("ticket_id", "customer_id", "subject", "ticket_type", "priorit
 
 def snake(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def _utc(values: list[str | None]) -> pd.Series:
+    """ISO timestamps (or None) as UTC, at one resolution whatever the values (none at all infers seconds)."""
+    return pd.Series(pd.to_datetime(values, utc=True), dtype="datetime64[us, UTC]")
+
+
+def empty_issues() -> pd.DataFrame:
+    """No row-level problems: the API hands typed values, there is nothing to parse."""
+    return pd.DataFrame({name: pd.Series(dtype=object) for name in ISSUE_COLUMNS})
 
 
 def period_window(period: str) -> tuple[str, str]:
@@ -70,19 +91,57 @@ class RedmineSource:
     # -- checks ----------------------------------------------------------------------------------
 
     def check(self) -> None:
-        """A wrong key is not an error in Redmine (lists come back empty): ask who we are first."""
-        try:
-            response = self.http.get("/users/current.json")
-        except httpx.HTTPError as exc:
-            raise ConfigurationError(f"cannot reach Redmine at {self.url}: {exc}",
-                                     hint="check TICKET_TO_INVOICE_REDMINE_URL") from None  # fmt: skip
+        """A wrong key is not an error in Redmine (lists come back empty): ask who we are first.
+
+        Retried like every other call; an outage is ``SystemUnavailable`` (exit 1), a rejected key or a URL
+        that is no Redmine is ``ConfigurationError`` (exit 2)."""
+        with self._unavailable("log in"):
+            response = self._current_user()
         if response.status_code == 401:
             raise ConfigurationError(f"Redmine at {self.url} rejected the API key",
                                      hint="set TICKET_TO_INVOICE_REDMINE_API_KEY to the key shown under "
                                      "'My account' → 'API access key' (and enable the REST API)")  # fmt: skip
         if response.status_code == 403:
-            raise ConfigurationError(f"Redmine at {self.url} refused the REST API (is it enabled?)")
-        classify(response)
+            raise ConfigurationError(f"Redmine at {self.url} refused the REST API (is it enabled?)",
+                                     hint="Administration → Settings → API → 'Enable REST web service'")  # fmt: skip
+        if response.status_code >= 400:
+            raise ConfigurationError(f"Redmine at {self.url} answered HTTP {response.status_code} on "
+                                     "/users/current.json: is this Redmine's address?",
+                                     hint="check TICKET_TO_INVOICE_REDMINE_URL (the address of Redmine's "
+                                     "home page, without /login or a project path)")  # fmt: skip
+
+    @with_retries()
+    def _current_user(self) -> httpx.Response:
+        """GET /users/current.json; 429, 5xx and transport errors retried, any other answer returned."""
+        response = self.http.get("/users/current.json")
+        if response.status_code == 429 or response.status_code >= 500:
+            classify(response)  # RetryableError, with its Retry-After
+        return response
+
+    @contextmanager
+    def _unavailable(self, doing: str) -> Iterator[None]:
+        """Errors that survived the retries, as errors a user can act on: an outage is ``SystemUnavailable``."""
+        try:
+            yield
+        except httpx.TransportError as exc:
+            raise SystemUnavailable(
+                f"Redmine at {self.url} cannot be reached: {exc or type(exc).__name__} (trying to {doing}, "
+                "retried with backoff)",
+                hint="check that Redmine is running and that TICKET_TO_INVOICE_REDMINE_URL is its address, "
+                "reachable from here; then run again",
+            ) from None
+        except RetryableError as exc:
+            raise SystemUnavailable(
+                f"Redmine at {self.url} keeps failing: {exc} (trying to {doing}, retried with backoff)",
+                hint="check Redmine's web server and its log (production.log), and TICKET_TO_INVOICE_REDMINE_URL; "
+                "then run again",
+            ) from None
+        except FatalError as exc:
+            raise ConfigurationError(
+                f"Redmine at {self.url} refused to {doing}: {exc}",
+                hint="check the redmine: section of the rules (project identifiers, custom field names) and "
+                "that the API key's user may see the projects' time entries",
+            ) from None
 
     def default_period(self) -> str:
         return previous_month()
@@ -90,7 +149,13 @@ class RedmineSource:
     def custom_field_id(self, customized_type: str, name: str) -> int:
         """The id of a custom field by its name (``time_entry`` or ``issue``)."""
         if self._fields is None:
-            fields = get_json(self.http, "/custom_fields.json").get("custom_fields", [])
+            try:
+                fields = get_json(self.http, "/custom_fields.json").get("custom_fields", [])
+            except FatalError as exc:  # 403 for anyone but an administrator
+                raise ConfigurationError(f"Redmine at {self.url} does not list its custom fields to this API key "
+                                         f"({exc})", hint="use the API key of a Redmine administrator: only they "
+                                         "may read /custom_fields.json, where the invoice number and billable "
+                                         "fields are found") from None  # fmt: skip
             self._fields = {(f["customized_type"], f["name"]): f["id"] for f in fields}
         try:
             return self._fields[(customized_type, name)]
@@ -147,12 +212,16 @@ class RedmineSource:
         return customers
 
     def extract(self, period: str | None = None, unbilled_only: bool = True) -> WorkBatch:
+        """The period's time entries (unbilled ones by default) as a batch. Nothing to bill, whether every
+        entry is billed already, none was logged or a project has no issues, is an empty batch with the
+        canonical columns and dtypes, never an error."""
         period = period or self.default_period()
-        projects = self.projects()
+        with self._unavailable(f"read the time entries of {period}"):
+            projects = self.projects()
+            entries = self.time_entries(period, unbilled_only)
+            issues = self.issues(e["issue"]["id"] for e in entries if e.get("issue"))
         customer_of = self.customer_of_projects(projects)
         names = {customer_of[pid]: p["name"] for pid, p in projects.items() if p["identifier"] == customer_of[pid]}
-        entries = self.time_entries(period, unbilled_only)
-        issues = self.issues(e["issue"]["id"] for e in entries if e.get("issue"))
         customers = self._customers(customer_of.values(), names)
         zone_of = {c.customer_id: c.timezone for c in customers}
         billable_field = self.mapping.billable_field
@@ -161,32 +230,35 @@ class RedmineSource:
             value = next((f.get("value") for f in entry.get("custom_fields", []) if f["name"] == billable_field), "")
             return value not in ("0", "false", False)
 
+        # Typed columns, so that no entries at all is a frame like any other (an empty list infers float64).
         frame = pd.DataFrame({
-            "source_id": [str(e["id"]) for e in entries],
-            "ticket_id": [str(e["issue"]["id"]) if e.get("issue") else None for e in entries],
-            "customer_id": [customer_of.get(e["project"]["id"], e["project"].get("name")) for e in entries],
-            "user": [e["user"]["name"] for e in entries],
-            "service_type": [self.mapping.activities.get(e["activity"]["name"], snake(e["activity"]["name"]))
-                             for e in entries],
-            "spent_on": [e["spent_on"] for e in entries],
-            "hours": [e["hours"] for e in entries],
-            "billable": [billable(e) for e in entries],
-            "note": [e.get("comments") or "" for e in entries],
+            "source_id": pd.Series([str(e["id"]) for e in entries], dtype="str"),
+            "ticket_id": pd.Series([str(e["issue"]["id"]) if e.get("issue") else None for e in entries],
+                                   dtype="str"),
+            "customer_id": pd.Series([customer_of.get(e["project"]["id"], e["project"].get("name"))
+                                      for e in entries], dtype="str"),
+            "user": pd.Series([e["user"]["name"] for e in entries], dtype="str"),
+            "service_type": pd.Series([self.mapping.activities.get(e["activity"]["name"],
+                                                                   snake(e["activity"]["name"]))
+                                       for e in entries], dtype="str"),
+            "spent_on": pd.Series([e["spent_on"] for e in entries], dtype="str"),
+            "hours": pd.Series([e["hours"] for e in entries], dtype="float64"),
+            "billable": pd.Series([billable(e) for e in entries], dtype=bool),
+            "note": pd.Series([e.get("comments") or "" for e in entries], dtype="str"),
         })  # fmt: skip
         worklogs = self._canonical(frame, period, zone_of)
         tickets = pd.DataFrame({
-            "ticket_id": [str(i["id"]) for i in issues],
-            "customer_id": [customer_of.get(i["project"]["id"]) for i in issues],
-            "subject": [i.get("subject", "") for i in issues],
-            "ticket_type": [i["tracker"]["name"] for i in issues],
-            "priority": [i["priority"]["name"] for i in issues],
-            "status": [i["status"]["name"] for i in issues],
-            "created_at": pd.to_datetime([i.get("created_on") for i in issues], utc=True),
-            "resolved_at": pd.to_datetime([i.get("closed_on") for i in issues], utc=True),
+            "ticket_id": pd.Series([str(i["id"]) for i in issues], dtype="str"),
+            "customer_id": pd.Series([customer_of.get(i["project"]["id"]) for i in issues], dtype="str"),
+            "subject": pd.Series([i.get("subject", "") for i in issues], dtype="str"),
+            "ticket_type": pd.Series([i["tracker"]["name"] for i in issues], dtype="str"),
+            "priority": pd.Series([i["priority"]["name"] for i in issues], dtype="str"),
+            "status": pd.Series([i["status"]["name"] for i in issues], dtype="str"),
+            "created_at": _utc([i.get("created_on") for i in issues]),
+            "resolved_at": _utc([i.get("closed_on") for i in issues]),
         }, columns=list(TICKET_COLUMNS))  # fmt: skip
-        no_issues = pd.DataFrame(columns=list(ISSUE_COLUMNS))  # the API hands typed values: nothing to parse
         return WorkBatch(source_system=SYSTEM, instance=self.instance, period=period, customers=customers,
-                         tickets=tickets, worklogs=worklogs, issues=no_issues)  # fmt: skip
+                         tickets=tickets, worklogs=worklogs, issues=empty_issues())  # fmt: skip
 
     def _canonical(self, frame: pd.DataFrame, period: str, zone_of: dict[str, str]) -> pd.DataFrame:
         # Noon of the day it was spent, in the customer's timezone: Redmine keeps no time of day.
@@ -195,53 +267,96 @@ class RedmineSource:
         for zone, index in zones.groupby(zones).groups.items():
             local = pd.to_datetime(frame.loc[index, "spent_on"]) + pd.Timedelta(hours=12)
             started.loc[index] = local.dt.tz_localize(str(zone)).dt.tz_convert("UTC")
+
+        def constant(value: str) -> pd.Series:
+            return pd.Series(value, index=frame.index, dtype="str")
+
         worklogs = pd.DataFrame({
             "key": f"{SYSTEM}:{self.instance}:time_entry:" + frame["source_id"],
-            "source_system": SYSTEM, "instance": self.instance, "object_type": "time_entry",
+            "source_system": constant(SYSTEM), "instance": constant(self.instance),
+            "object_type": constant("time_entry"),
             "source_id": frame["source_id"], "ticket_id": frame["ticket_id"],
             "customer_id": frame["customer_id"].astype("category"), "user": frame["user"],
             "service_type": frame["service_type"].astype("category"), "started_at": started,
-            "raw_seconds": np.rint(frame["hours"].astype("float64") * 3600).astype("Int64"),
-            "billable": frame["billable"].astype(bool), "note": frame["note"], "period": period,
-            "source_file": "time_entries", "source_row": frame["source_id"],
+            "raw_seconds": np.rint(frame["hours"] * 3600).astype("Int64"),
+            "billable": frame["billable"], "note": frame["note"], "period": constant(period),
+            "source_file": constant("time_entries"), "source_row": frame["source_id"],
         })  # fmt: skip
-        worklogs["content_hash"] = content_hash(worklogs)
+        worklogs["content_hash"] = content_hash(worklogs).astype("str")  # an empty hash is uint64 otherwise
         return worklogs[list(WORKLOG_COLUMNS)].reset_index(drop=True)
 
     # -- write-back ------------------------------------------------------------------------------
 
+    @with_retries()
     def _put(self, path: str, body: dict[str, Any]) -> None:
-        response = self.http.put(path, json=body)
+        """A PUT that sets fields: the same again does no harm, so anything worth retrying is retried."""
+        classify(self.http.put(path, json=body))
+
+    @with_retries()
+    def _put_note(self, path: str, body: dict[str, Any]) -> None:
+        """A PUT that adds a journal note: retried when Redmine did not take it (no connection, or an error
+        answer: Redmine rolls its transaction back; a proxy's 502/504 after the fact could still double the note),
+        not when the answer was lost on the way back, which would double it."""
+        try:
+            response = self.http.put(path, json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
+            raise
+        except httpx.TransportError as exc:
+            raise FatalError(f"PUT {path}: {type(exc).__name__} {exc} (the note may have been written)") from None
         classify(response)
 
     def write_back(self, billed: pd.DataFrame) -> WriteBackResult:
         """Write each invoice number into the time entries it bills, and note it on their issues.
 
         ``billed`` has columns ``key, source_id, ticket_id, erp_number``. Setting a field to the value it
-        already has is harmless, so a retried write-back does no harm; it never touches the posting."""
+        already has is harmless, so a retried write-back does no harm; it never touches the posting. Each
+        call is retried with backoff; when Redmine stays unavailable the rest is reported failed without
+        trying (for the next run), never raised."""
         result = WriteBackResult()
-        entry_field = self.custom_field_id("time_entry", self.mapping.invoice_number_field)
+        if billed.empty:
+            return result
+        outage: str | None = None
+
+        def unavailable(exc: Exception) -> str:
+            return f"Redmine at {self.url} unavailable after retries: {exc or type(exc).__name__}"
+
+        try:
+            entry_field = self.custom_field_id("time_entry", self.mapping.invoice_number_field)
+            issue_field = self._issue_field()
+        except (RetryableError, httpx.TransportError) as exc:
+            result.failed = dict.fromkeys(billed["key"], unavailable(exc))
+            return result
         for row in billed.itertuples():
+            if outage:
+                result.failed[row.key] = outage
+                continue
             try:
                 self._put(
                     f"/time_entries/{row.source_id}.json",
                     {"time_entry": {"custom_fields": [{"id": entry_field, "value": row.erp_number}]}},
                 )
                 result.written.append(row.key)
-            except (FatalError, httpx.HTTPError) as exc:  # fmt: skip
+            except FatalError as exc:
                 result.failed[row.key] = str(exc)
-        issue_field = self._issue_field()
+            except (RetryableError, httpx.TransportError) as exc:
+                result.failed[row.key] = outage = unavailable(exc)
         with_ticket = billed[billed["ticket_id"].notna() & billed["key"].isin(result.written)]
         for (ticket, number), group in with_ticket.groupby(["ticket_id", "erp_number"]):
             body: dict[str, Any] = {"notes": f"Billed on invoice {number}: time entries "
                                     + ", ".join(f"#{s}" for s in sorted(group["source_id"]))}  # fmt: skip
             if issue_field is not None:
                 body["custom_fields"] = [{"id": issue_field, "value": number}]
-            try:
-                self._put(f"/issues/{ticket}.json", {"issue": body})
-            except (FatalError, httpx.HTTPError) as exc:
+            error = outage
+            if not error:
+                try:
+                    self._put_note(f"/issues/{ticket}.json", {"issue": body})
+                except FatalError as exc:
+                    error = str(exc)
+                except (RetryableError, httpx.TransportError) as exc:
+                    error = outage = unavailable(exc)
+            if error:
                 for key in group["key"]:  # retried whole on the next run: the entries' field is idempotent
-                    result.failed[key] = f"issue #{ticket} note: {exc}"
+                    result.failed[key] = f"issue #{ticket} note: {error}"
         result.written = [key for key in result.written if key not in result.failed]
         return result
 

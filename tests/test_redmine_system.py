@@ -1,4 +1,5 @@
-"""Against a real Redmine 5.0 (Debian's packages, puma, SQLite): the REST API behaviour the connector relies on.
+"""Against a real Redmine 5.0 (Debian's packages, puma, SQLite): the REST API behaviour the connector relies on,
+and runs of the flow (into the file ERP) that find nothing to bill.
 
 One server and one seed for the module (about 10 s to start, 7 s to seed); the projects are new on every run.
 """
@@ -6,11 +7,16 @@ One server and one seed for the module (about 10 s to start, 7 s to seed); the p
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
+from billing.models import WORKLOG_COLUMNS
+from connectors.redmine import RedmineSource
+from tests.conftest import DEMO_RULES
 from tests.system.redmine import RedmineInstance, SeedSummary, month_range, new_tag, redmine_server, seed
 
 pytestmark = pytest.mark.integration
@@ -75,6 +81,20 @@ def test_api_key_is_checked_on_users_current(redmine: RedmineInstance) -> None:
     anonymous = httpx.get(f"{redmine.url}/time_entries.json", headers={"X-Redmine-API-Key": "0" * 40})
     assert anonymous.status_code == 200
     assert anonymous.json()["time_entries"] == []
+
+
+def test_every_server_starts_from_a_pristine_database_of_its_own(redmine: RedmineInstance) -> None:
+    """Whatever an earlier session, another server or Debian's default instance holds, a server starts empty."""
+    leftover = {"name": "Left over", "identifier": f"leftover-{new_tag()}", "enabled_module_names": ["time_tracking"]}
+    with redmine.client() as client:
+        assert client.post("/projects.json", json={"project": leftover}).status_code == 201
+
+    with redmine_server() as fresh, fresh.client() as client:
+        assert fresh.database is not None and fresh.database != redmine.database
+        assert client.get("/projects.json").json()["total_count"] == 0
+        assert client.get("/users/current.json").json()["user"]["login"] == "admin"
+        assert fresh.custom_fields == redmine.custom_fields
+    assert not fresh.database.exists()  # removed with the server
 
 
 def test_billed_month_comes_back_over_several_pages(client: httpx.Client, seeded: SeedSummary) -> None:
@@ -221,3 +241,92 @@ def test_seeded_issues_include_closed_ones(client: httpx.Client, seeded: SeedSum
     assert seeded.closed_issues & seeded_ids
     assert {issue["id"] for issue in open_only} == seeded_ids - seeded.closed_issues
     assert {issue["tracker"]["name"] for issue in issues} == {"Support", "Bug", "Feature"}
+
+
+# -- runs of the flow with nothing to bill --------------------------------------------------------------------
+
+
+@pytest.fixture
+def billable_only(redmine: RedmineInstance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SeedSummary:
+    """Projects of their own with four billable time entries in 2026-10 (none in other months), and settings
+    that bill only them into the file ERP."""
+    summary = seed(redmine, new_tag(), months={BILLED_MONTH: 4})
+    assert all(e.billable and e.activity != "Internal" for e in summary.time_entries.values())
+    rules = yaml.safe_load(DEMO_RULES.read_text())
+    rules["redmine"]["projects"] = summary.customers
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(rules))
+    env = {
+        "TICKET_TO_INVOICE_HOME": str(tmp_path / "home"), "TICKET_TO_INVOICE_SOURCE": "redmine",
+        "TICKET_TO_INVOICE_REDMINE_URL": redmine.url, "TICKET_TO_INVOICE_REDMINE_API_KEY": redmine.api_key,
+        "TICKET_TO_INVOICE_RULES_FILE": str(rules_file), "TICKET_TO_INVOICE_ERP": "files",
+    }  # fmt: skip
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return summary
+
+
+def _source(redmine: RedmineInstance, seeded: SeedSummary) -> RedmineSource:
+    from rules.schema import RedmineMapping
+
+    return RedmineSource(redmine.url, redmine.api_key, mapping=RedmineMapping(projects=seeded.customers))
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_rerun_after_every_entry_was_billed_is_clean_and_posts_nothing(
+    redmine: RedmineInstance, billable_only: SeedSummary
+) -> None:
+    from flows.ticket_to_invoice import ticket_to_invoice
+
+    first = ticket_to_invoice(period=BILLED_MONTH)
+    assert first["new_postings"] >= 1 and first["posting_failures"] == []
+    assert first["write_back"] == {"written": 4, "failed": {}}
+    # Every entry of the month carries its invoice number now: the "not yet billed" query finds none.
+    nothing = _source(redmine, billable_only).extract(BILLED_MONTH)
+    assert nothing.worklogs.empty and list(nothing.worklogs.columns) == list(WORKLOG_COLUMNS)
+
+    second = ticket_to_invoice(period=BILLED_MONTH)
+
+    assert second["new_postings"] == 0 and second["posting_failures"] == []
+    assert second["counts"] == first["counts"]
+    assert second["invoices"] == first["invoices"]  # the same invoices, nothing new
+    assert second["write_back"] == {"written": 0, "failed": {}}
+    assert second["reconcile"]["mismatches"] == [] and second["reconcile"]["unbilled"] == []
+    assert second["quarantined"] == []
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_period_without_any_time_entries_is_a_clean_run_with_nothing_posted(
+    redmine: RedmineInstance, billable_only: SeedSummary
+) -> None:
+    from flows.ticket_to_invoice import ticket_to_invoice
+
+    batch = _source(redmine, billable_only).extract("2026-11")
+    assert batch.worklogs.empty and batch.tickets.empty and batch.customers  # the projects are there, no time
+
+    summary = ticket_to_invoice(period="2026-11")
+
+    assert summary["new_postings"] == 0 and summary["invoices"] == [] and summary["posting_failures"] == []
+    assert summary["work_items_total"] == 0 and summary["quarantined"] == []
+    assert summary["write_back"] == {"written": 0, "failed": {}}
+    assert summary["reconcile"]["mismatches"] == []
+
+
+def test_a_redmine_that_is_down_is_exit_1_with_a_message_not_a_traceback(tmp_path: Path) -> None:
+    """The login check is retried with backoff (about 10 s), then the CLI names Redmine and what to check."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:  # a port nothing listens on: Redmine stopped
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TICKET_TO_INVOICE_", "PREFECT_"))}
+    env |= {"TICKET_TO_INVOICE_HOME": str(tmp_path), "TICKET_TO_INVOICE_REDMINE_URL": url,
+            "TICKET_TO_INVOICE_REDMINE_API_KEY": "somekey", "TICKET_TO_INVOICE_ERP": "files"}  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "billing.cli", "run", "--source", "redmine", "--period",
+                             BILLED_MONTH], env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert f"Redmine at {url}" in result.stderr and "Traceback" not in result.stderr
+    assert "TICKET_TO_INVOICE_REDMINE_URL" in result.stderr  # the hint: what to check

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # A real Redmine for the integration tests, from Debian's packages (Redmine 5.0, SQLite, puma).
 #
-#   tests/system/redmine-setup.sh [API_KEY]
+#   tests/system/redmine-setup.sh [API_KEY [SQLITE_FILE]]
+#
+# SQLITE_FILE: a database of its own (an absolute path; created when missing, its folder owned by www-data), set
+# up instead of Debian's default instance's database. The tests keep a pristine one this way and serve a copy of
+# it per session, so nothing another Redmine user left in the default database reaches them. Without it, the
+# default instance is set up (to try the connector by hand).
 #
 # Idempotent and fast when everything is there (one `rails runner`, a few seconds):
 #   - installs redmine, redmine-sqlite and puma if missing (as root, or with sudo), with the bundler work-around;
 #   - adds puma to /usr/share/redmine/Gemfile.local and bundles locally;
-#   - migrates the default instance's database and loads the default data (English) when missing;
+#   - migrates the database and loads the default data (English) when missing (a new file: about a minute);
 #   - enables the REST API, turns e-mail notifications off, sets the admin user's API key to API_KEY;
 #   - creates the custom fields and time-entry activities the tests and seeds use, when missing.
 # The last line of its output is JSON: {"time_entry:Billable": N, "time_entry:Invoice number": N,
@@ -17,6 +22,11 @@ set -euo pipefail
 api_key="${1:-t2itestapikey000000000000000000000000000}"
 if ! [[ "$api_key" =~ ^[A-Za-z0-9]{1,40}$ ]]; then
   echo "redmine-setup: the API key must be 1-40 letters or digits (Redmine ignores others): $api_key" >&2
+  exit 2
+fi
+database="${2:-}"
+if [ -n "$database" ] && ! [[ "$database" =~ ^/[A-Za-z0-9._/-]+$ ]]; then
+  echo "redmine-setup: SQLITE_FILE must be an absolute path of letters, digits and ._/-: $database" >&2
   exit 2
 fi
 redmine_dir=/usr/share/redmine
@@ -154,7 +164,15 @@ puts JSON.generate(fields.transform_values(&:id))
 RUBY
 )"
 
+database_env=()
+if [ -n "$database" ]; then
+  # Rails takes DATABASE_URL over database.yml; the folder must be www-data's (SQLite writes a journal beside it).
+  "${sudo[@]}" install -d -o www-data -g www-data -m 0755 "$(dirname "$database")"
+  [ -e "$database" ] || log "creating the database $database"
+  database_env=("DATABASE_URL=sqlite3:$database")
+fi
+
 cd "$redmine_dir"
-output="$("${as_www[@]}" env RAILS_ENV=production REDMINE_INSTANCE=default T2I_API_KEY="$api_key" \
-  bin/rails runner "$ruby")"
+output="$("${as_www[@]}" env RAILS_ENV=production REDMINE_INSTANCE=default "${database_env[@]}" \
+  T2I_API_KEY="$api_key" bin/rails runner "$ruby")"
 tail -n 1 <<<"$output"

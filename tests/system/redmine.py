@@ -1,19 +1,24 @@
 """A real Redmine 5.0 (Debian's packages, SQLite, puma) for the integration tests, and seed data over its REST API.
 
-`redmine_server()` runs `redmine-setup.sh` (once per process), starts puma as www-data on a free 127.0.0.1 port and
-stops it at exit. The database is shared between test sessions and never wiped: every `seed()` call creates its own
-projects (identifiers end with its tag), so tests scope their queries to the projects of their own seed.
+`redmine_server()` runs `redmine-setup.sh` (once per process) on a pristine database of the tests' own (never
+Debian's default instance's, which may hold anybody's projects), serves a fresh copy of it with puma as www-data on
+a free 127.0.0.1 port, and stops puma and removes the copy at exit. So every server starts with no projects; within
+one, every `seed()` call creates its own projects (identifiers end with its tag), and tests scope their queries to
+the projects of their own seed.
 """
 
 from __future__ import annotations
 
 import calendar
+import fcntl
 import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -29,6 +34,13 @@ import httpx
 
 REDMINE_DIR = Path("/usr/share/redmine")
 SETUP_SCRIPT = Path(__file__).with_name("redmine-setup.sh")
+# The pristine database: migrated, default data, REST API on, the API key, custom fields, activities; no projects.
+# Set up once per machine (about 30 s), checked once per process (a few seconds); each server serves a copy.
+PRISTINE_DATABASE = Path(
+    os.environ.get("T2I_REDMINE_PRISTINE_DB", "/var/cache/ticket-to-invoice/redmine/pristine.sqlite3")
+)
+# The lock redmine-setup.sh holds while it writes: a copy is taken under it, never half-written.
+SETUP_LOCK = Path(os.environ.get("TMPDIR") or "/tmp") / "t2i-redmine-setup.lock"
 # Redmine ignores API keys that are not letters and digits only (and a token is 40 characters at most).
 DEFAULT_API_KEY = "t2itestapikey000000000000000000000000000"
 # Seeded months and their number of time entries: the billed month needs more than one page (limit caps at 100).
@@ -46,6 +58,7 @@ class RedmineInstance:
     api_key: str
     # "time_entry:Billable", "time_entry:Invoice number", "issue:Invoice number" -> custom field id
     custom_fields: dict[str, int]
+    database: Path | None = None  # the SQLite file this server serves (a copy of the pristine one)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -112,15 +125,15 @@ def new_tag() -> str:
 
 
 def setup_redmine(api_key: str = DEFAULT_API_KEY) -> dict[str, int]:
-    """Run redmine-setup.sh (install, configure) once per process; return the custom field ids.
-
-    The admin user has one API key: setting up with another key replaces it (and runs the script again).
+    """Run redmine-setup.sh (install, configure the pristine database) once per process; return the custom field
+    ids. The admin user has one API key: setting up with another key replaces it (and runs the script again).
     """
     with _setup_lock:
         if _setup_done.get("api_key") != api_key:
             result = subprocess.run(
-                ["bash", str(SETUP_SCRIPT), api_key], capture_output=True, text=True, timeout=900, check=False
-            )
+                ["bash", str(SETUP_SCRIPT), api_key, str(PRISTINE_DATABASE)],
+                capture_output=True, text=True, timeout=900, check=False,
+            )  # fmt: skip
             if result.returncode != 0:
                 raise RuntimeError(f"{SETUP_SCRIPT.name} failed ({result.returncode}):\n{result.stderr[-4000:]}")
             fields = json.loads(result.stdout.strip().splitlines()[-1])
@@ -129,19 +142,45 @@ def setup_redmine(api_key: str = DEFAULT_API_KEY) -> dict[str, int]:
         return dict(_setup_done["custom_fields"])
 
 
+def _copy_pristine(folder: Path) -> Path:
+    """A copy of the pristine database in ``folder`` (created), which www-data can write (journal files included)."""
+    folder.mkdir(mode=0o700)
+    copy = folder / "redmine.sqlite3"
+    with SETUP_LOCK.open("a") as lock:
+        with suppress(PermissionError):
+            SETUP_LOCK.chmod(0o666)  # as the script leaves it: anyone may take it
+        fcntl.flock(lock, fcntl.LOCK_EX)  # not while redmine-setup.sh writes it
+        source = sqlite3.connect(f"file:{PRISTINE_DATABASE}?mode=ro", uri=True)
+        target = sqlite3.connect(copy)
+        try:
+            source.backup(target)  # consistent whatever the journal mode
+        finally:
+            target.close()
+            source.close()
+    if os.geteuid() == 0:
+        www = pwd.getpwnam("www-data")
+        for path in (folder, copy):
+            os.chown(path, www.pw_uid, www.pw_gid)
+    else:  # puma runs as www-data through sudo: let it write here
+        folder.chmod(0o777)
+        copy.chmod(0o666)
+    return copy
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _start_puma(port: int, log: Path) -> subprocess.Popen[bytes]:
+def _start_puma(port: int, log: Path, database: Path) -> subprocess.Popen[bytes]:
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": str(log.parent),
         "LANG": "C.UTF-8",
         "RAILS_ENV": "production",
-        "REDMINE_INSTANCE": "default",
+        "REDMINE_INSTANCE": "default",  # its secret key, log and cache folders; the database is ours:
+        "DATABASE_URL": f"sqlite3:{database}",  # Rails takes it over the instance's database.yml
     }
     command = ["rackup", "-E", "production", "-o", "127.0.0.1", "-p", str(port), "-O", "Threads=1:1", "config.ru"]
     with log.open("ab") as out:
@@ -198,19 +237,21 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, api_key: str, timeou
 
 @contextmanager
 def redmine_server(api_key: str = DEFAULT_API_KEY, startup_timeout: float = 120.0) -> Iterator[RedmineInstance]:
-    """Set Redmine up (once per process), serve it with one puma thread on a free port, stop it at exit.
+    """Set Redmine up (once per process), serve a fresh copy of the pristine database with one puma thread on a
+    free port, stop it and remove the copy at exit.
 
-    puma runs as www-data in its own session and is stopped by process group (SIGTERM, then SIGKILL). The
-    database is the shared default instance: seed with a new tag per server start instead of wiping it.
+    puma runs as www-data in its own session and is stopped by process group (SIGTERM, then SIGKILL). Each server
+    starts with no projects at all, whatever Debian's default instance or an earlier session holds.
     """
     custom_fields = setup_redmine(api_key)
     workdir = Path(tempfile.mkdtemp(prefix="t2i-redmine-"))
     workdir.chmod(0o755)  # puma's HOME (www-data)
     log = workdir / "puma.log"
+    database = _copy_pristine(workdir / "db")
     for _attempt in range(3):  # the free port can be taken before puma binds it
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
-        process = _start_puma(port, log)
+        process = _start_puma(port, log, database)
         try:
             ready = _wait_ready(process, url, api_key, startup_timeout)
         except BaseException:
@@ -226,7 +267,7 @@ def redmine_server(api_key: str = DEFAULT_API_KEY, startup_timeout: float = 120.
     if not ready:
         raise RuntimeError(f"Redmine (puma) exited at start-up; {log}:\n{log.read_text(errors='replace')[-4000:]}")
     try:
-        yield RedmineInstance(url=url, api_key=api_key, custom_fields=custom_fields)
+        yield RedmineInstance(url=url, api_key=api_key, custom_fields=custom_fields, database=database)
     finally:
         _stop(process)
         shutil.rmtree(workdir, ignore_errors=True)
