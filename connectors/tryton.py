@@ -298,8 +298,9 @@ class TrytonErp:
             except TrytonUserError as exc:
                 if exc.kind != "UserWarning" or not exc.detail:
                     raise
+                # Twice is no harm (Tryton consumes every acknowledgement of the name): retried like a read.
                 self.rpc.model("res.user.warning", "create", [{"user": self.rpc.context.get("id") or
-                               self._user_id(), "name": exc.detail[0], "always": False}])  # fmt: skip
+                               self._user_id(), "name": exc.detail[0], "always": False}], retry_safe=True)  # fmt: skip
         self.rpc.model(model, method, ids)
 
     def _user_id(self) -> int:
@@ -336,21 +337,25 @@ class TrytonErp:
         self, drafts: list[InvoiceDraft]
     ) -> tuple[list[PostingReceipt], list[PostingFailure]]:
         """One batch, tried again from its check by reference when a write lost its answer (Tryton may have
-        committed it); a read or login that failed after its own retries ends the batch at once."""
+        committed it). An attempt in which some write was answered made progress and does not count against
+        ``batch_attempts`` (up to four times as many attempts in all); a read or login that failed after its
+        own retries ends the batch at once."""
         touched: set[str] = set()  # keys this call created or posted: their receipts are new, found or not
-        for attempt in range(1, self.batch_attempts + 1):
+        fruitless = 0
+        for attempt in range(1, 4 * self.batch_attempts + 1):
             receipts: list[PostingReceipt] = []
             failures: list[PostingFailure] = []
+            answered = self.rpc.writes_answered
             try:
                 self._post_batch(drafts, receipts, failures, touched)
                 return receipts, failures
             except TrytonUnavailable as exc:
-                if not exc.maybe_done or attempt == self.batch_attempts:
+                fruitless = 0 if self.rpc.writes_answered > answered else fruitless + 1
+                if not exc.maybe_done or fruitless >= self.batch_attempts or attempt == 4 * self.batch_attempts:
                     raise
-                pause = min(self.rpc.wait_max, self.rpc.wait_initial * 2 ** (attempt - 1))
+                pause = min(self.rpc.wait_max, self.rpc.wait_initial * 2 ** max(fruitless - 1, 0))
                 pause += random.uniform(0, self.rpc.wait_initial)
-                log.warning("Tryton: %s; checking the batch by reference again in %.1f s (attempt %d of %d)",
-                            exc, pause, attempt + 1, self.batch_attempts)  # fmt: skip
+                log.warning("Tryton: %s; checking the batch by reference again in %.1f s", exc, pause)
                 (self._sleep or time.sleep)(pause)
         raise AssertionError("unreachable")
 

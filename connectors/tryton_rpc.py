@@ -162,6 +162,7 @@ class TrytonRpc:
         self._lock = threading.Lock()
         self._auth: str | None = None
         self.context: dict[str, Any] = {}
+        self.writes_answered = 0  # writes Tryton answered: how a caller that starts over sees progress
 
     @property
     def where(self) -> str:
@@ -257,18 +258,22 @@ class TrytonRpc:
                 "(5) failures and accepts it again [session] timeout (300 s) after the last attempt",
             )
 
-    def call(self, method: str, *params: Any) -> Any:
-        """Call a method. A 401 logs in again once. A read-only call is retried with backoff on transport
-        errors, 5xx and 429; a write only when it never reached Tryton (it may have been committed before an
-        error that came later). Whatever still fails raises ``TrytonUnavailable``."""
+    def call(self, method: str, *params: Any, retry_safe: bool = False) -> Any:
+        """Call a method. A 401 logs in again once. A read-only call (or a write the caller declares
+        ``retry_safe``: done twice is no harm) is retried with backoff on transport errors, 5xx and 429; any other
+        write only when it never reached Tryton (it may have been committed before an error that came later).
+        Whatever still fails raises ``TrytonUnavailable``."""
         if self._auth is None:
             self.login()
-        read_only = is_read_only(method)
+        read_only = retry_safe or is_read_only(method)
         policy = self._retrying(is_transient if read_only else never_sent)
         try:
-            return policy(self._call, method, *params)
+            result = policy(self._call, method, *params)
         except TRANSIENT as exc:
             raise self._unavailable(method, exc, policy, maybe_done=not read_only and not never_sent(exc)) from exc
+        if not read_only:
+            self.writes_answered += 1
+        return result
 
     def _call(self, method: str, *params: Any) -> Any:
         if self._auth is None:
@@ -279,11 +284,12 @@ class TrytonRpc:
             self.login()
             return self._post(method, list(params), self._auth)
 
-    def model(self, model: str, method: str, *args: Any, context: dict[str, Any] | None = None) -> Any:
+    def model(self, model: str, method: str, *args: Any, context: dict[str, Any] | None = None,
+              retry_safe: bool = False) -> Any:  # fmt: skip
         """``model.<model>.<method>(*args, context)`` with the user's company context."""
         if self._auth is None:  # the context (the user's company) comes with the login
             self.login()
-        return self.call(f"model.{model}.{method}", *args, {**self.context, **(context or {})})
+        return self.call(f"model.{model}.{method}", *args, {**self.context, **(context or {})}, retry_safe=retry_safe)
 
     def close(self) -> None:
         self.http.close()
