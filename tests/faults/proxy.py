@@ -18,10 +18,12 @@ for the same seed. ``fault_rate`` may be changed while it runs (0 lets everythin
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +37,15 @@ FAULTS = ("503", "drop_before", "drop_after")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding",
               "content-encoding"}  # fmt: skip
+
+
+def _what(command: str, path: str, body: bytes) -> str:
+    """``POST /tryton/rpc/ model.account.invoice.create``: the JSON-RPC method when there is one."""
+    try:
+        method = json.loads(body).get("method", "")
+    except (ValueError, AttributeError):
+        method = ""
+    return f"{command} {path} {method}".rstrip()
 
 
 class FaultProxy:
@@ -58,7 +69,7 @@ class FaultProxy:
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)}; known: {FAULTS}")
         self.counts: Counter[str] = Counter()
-        self.events: list[tuple[int, str, str]] = []  # (request number, method and path, what happened)
+        self.events: list[dict[str, Any]] = []  # per request: number, what, fate, seconds (to forward and answer)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._client = httpx.Client(base_url=self.upstream, timeout=timeout)
@@ -71,8 +82,9 @@ class FaultProxy:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def decide(self, what: str) -> str:
-        """``forward`` or the fault this request meets; counted and remembered in arrival order."""
+    def decide(self, what: str) -> dict[str, Any]:
+        """The event of this request: its ``fate`` is ``forward`` or the fault it meets; counted and remembered
+        in arrival order."""
         with self._lock:
             number = self.counts["requests"] + 1
             self.counts["requests"] = number
@@ -81,8 +93,12 @@ class FaultProxy:
                 kinds, weights = zip(*self.faults.items(), strict=True)
                 fate = self._rng.choices(kinds, weights)[0]
             self.counts[fate] += 1
-            self.events.append((number, what, fate))
-            return fate
+            event = {"number": number, "what": what, "fate": fate, "seconds": 0.0}
+            self.events.append(event)
+            return event
+
+    def slowest(self, n: int = 5) -> list[dict[str, Any]]:
+        return sorted(self.events, key=lambda e: -e["seconds"])[:n]
 
     def count(self, what: str) -> None:
         with self._lock:
@@ -108,8 +124,15 @@ class FaultProxy:
                 log.debug("fault proxy: " + format, *args)
 
             def _handle(self) -> None:
+                started = time.monotonic()
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                fate = proxy.decide(f"{self.command} {self.path}")
+                event = proxy.decide(_what(self.command, self.path, body))
+                try:
+                    self._handle_as(event["fate"], body)
+                finally:
+                    event["seconds"] = round(time.monotonic() - started, 3)
+
+            def _handle_as(self, fate: str, body: bytes) -> None:
                 if fate == "503":
                     self._answer(503, {"Content-Type": "text/plain", "Retry-After": "0"}, b"injected fault\n")
                     return
