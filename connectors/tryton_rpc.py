@@ -255,7 +255,8 @@ class TrytonRpc:
             raise TrytonLoginRefused(
                 f"{self.where} refuses logins of {self.user!r} for now (HTTP 429): too many failed logins",
                 hint="check TICKET_TO_INVOICE_TRYTON_PASSWORD; Tryton blocks a user after [session] max_attempt "
-                "(5) failures and accepts it again [session] timeout (300 s) after the last attempt",
+                "(5) failed logins and accepts it again [session] timeout after the last one (5 minutes by default; "
+                "the embedded Tryton's is 30 days: remove the user's res.user.login.attempt rows to let it in)",
             )
 
     def call(self, method: str, *params: Any, retry_safe: bool = False) -> Any:
