@@ -110,7 +110,7 @@ class FaultProxy:
 
     def summary(self) -> str:
         counts = ", ".join(f"{k} {self.counts[k]}" for k in ("requests", "forward", *FAULTS))
-        return f"fault proxy (seed {self.seed}, rate {self.fault_rate:.0%}): {counts}"
+        return f"fault proxy (seed {self.seed}): {counts}"
 
     # -- the server ------------------------------------------------------------------------------------
 
