@@ -128,7 +128,7 @@ class TrytonUnavailable(SystemUnavailable):
         self.url, self.database, self.method, self.cause = url, database, method, cause
         self.attempts, self.maybe_done = attempts, maybe_done
         self.maybe_running = maybe_done and isinstance(cause, httpx.TimeoutException)
-        tries = f"after {attempts} attempts" if attempts > 1 else "(a write: not sent again blindly)"
+        tries = "(a write: not sent again blindly)" if maybe_done else f"after {attempts} attempt{'s' * (attempts > 1)}"
         super().__init__(
             f"Tryton at {url}, database {database!r}, is unavailable: {method} failed {tries}: {describe(cause)}",
             hint=f"check that trytond is running and reachable from here at {url} (TICKET_TO_INVOICE_TRYTON_URL) "
