@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 import httpx
 from tenacity import (
     RetryCallState,
+    Retrying,
     retry,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential_jitter,
 )
@@ -61,23 +62,70 @@ def classify(response: httpx.Response) -> None:
     raise FatalError(f"{where}: HTTP {response.status_code} {response.text[:200]}")
 
 
-def _wait(state: RetryCallState) -> float:
-    error = state.outcome.exception() if state.outcome else None
-    backoff = wait_exponential_jitter(initial=0.5, max=30)(state)
-    if isinstance(error, RetryableError) and error.retry_after is not None:
-        return min(max(error.retry_after, backoff), 300)
-    return backoff
+TRANSIENT = (RetryableError, httpx.TransportError)  # worth another attempt (a read, a login)
 
 
-def with_retries(attempts: int = 5) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Retry a call on ``RetryableError`` (and transport errors), ``attempts`` times in all."""
-    return retry(
-        retry=retry_if_exception_type((RetryableError, httpx.TransportError)),
-        wait=_wait,
-        stop=stop_after_attempt(attempts),
-        reraise=True,
-        before_sleep=lambda s: log.warning("retrying after %s", s.outcome.exception() if s.outcome else "?"),
-    )
+def is_transient(error: BaseException) -> bool:
+    return isinstance(error, TRANSIENT)
+
+
+def never_sent(error: BaseException) -> bool:
+    """The request certainly did not reach the server (no connection, or none free): even a write may be
+    sent again. A dropped connection, a read timeout or a 5xx leaves that open."""
+    return isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+
+
+def describe(error: BaseException) -> str:
+    """A short reason for a message to a user: "HTTP 503", "connection refused", "timed out"..."""
+    if isinstance(error, RetryableError):
+        return str(error).rsplit(": ", 1)[-1]
+    if isinstance(error, httpx.TimeoutException):
+        return f"timed out ({type(error).__name__})"
+    if isinstance(error, httpx.ConnectError):
+        return f"cannot connect ({error})"
+    if isinstance(error, httpx.RemoteProtocolError):
+        return "the connection was dropped before an answer"
+    if isinstance(error, httpx.TransportError):
+        return f"{type(error).__name__}: {error}"
+    return str(error)
+
+
+def _waiter(initial: float, maximum: float) -> Callable[[RetryCallState], float]:
+    backoff = wait_exponential_jitter(initial=initial, max=maximum)
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        pause = backoff(state)
+        if isinstance(error, RetryableError) and error.retry_after is not None:
+            return min(max(error.retry_after, pause), 300)
+        return pause
+
+    return wait
+
+
+def _log_retry(state: RetryCallState) -> None:
+    log.warning("retrying after %s", state.outcome.exception() if state.outcome else "?")
+
+
+def _policy(attempts: int, initial: float, maximum: float,
+            retry_on: Callable[[BaseException], bool] = is_transient) -> dict[str, Any]:  # fmt: skip
+    return {"retry": retry_if_exception(retry_on), "wait": _waiter(initial, maximum),
+            "stop": stop_after_attempt(attempts), "reraise": True, "before_sleep": _log_retry}  # fmt: skip
+
+
+def with_retries(
+    attempts: int = 5, initial: float = 0.5, maximum: float = 30.0
+) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Retry a call on ``RetryableError`` (and transport errors), ``attempts`` times in all, with exponential
+    backoff and jitter from ``initial`` up to ``maximum`` seconds (``Retry-After`` honoured)."""
+    return retry(**_policy(attempts, initial, maximum))
+
+
+def retrying(attempts: int = 5, initial: float = 0.5, maximum: float = 30.0,
+             retry_on: Callable[[BaseException], bool] = is_transient) -> Retrying:  # fmt: skip
+    """The policy of ``with_retries`` chosen at call time, ``retrying(3)(function, *args)``; ``retry_on`` narrows
+    what is retried (``never_sent`` for a write)."""
+    return Retrying(**_policy(attempts, initial, maximum, retry_on))
 
 
 def make_client(base_url: str, timeout: float = 30.0, **kwargs: Any) -> httpx.Client:

@@ -6,20 +6,29 @@ post are separate transactions, so posting is check-then-create under one writer
 for the key is answered with as it is; one left in draft by a crash between create and post is posted (or,
 if its content no longer matches the draft, deleted and made again); only a key Tryton does not know is
 created. Writes to one Tryton are serialized (on SQLite concurrent posting duplicates invoice numbers).
+
+An unreliable Tryton: reads and logins are retried by ``TrytonRpc``; a write whose answer is lost (Tryton may
+have committed it) fails the batch, and the batch is tried again from its check by reference, so an invoice
+created or posted before the connection dropped is found and not made twice. A batch that still fails raises
+``TrytonUnavailable`` (an outage): what was done is found by reference on the next run.
 """
 
 from __future__ import annotations
 
 import calendar
 import datetime as dt
+import logging
+import random
 import threading
+import time
 from collections.abc import Sequence
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Protocol
 
+from billing.errors import ConfigurationError
 from billing.models import InvoiceDraft, PostingFailure, PostingReceipt
 from billing.money import to_decimal, to_minor
-from connectors.tryton_rpc import TrytonError, TrytonRpc, TrytonUserError
+from connectors.tryton_rpc import TrytonRpc, TrytonUnavailable, TrytonUserError
 
 ERP = "tryton"
 LIVE_STATES = ("draft", "validated", "posted", "paid")  # a cancelled invoice no longer holds its key
@@ -27,6 +36,11 @@ DONE_STATES = ("posted", "paid")
 INVOICE_FIELDS = ["reference", "number", "state", "untaxed_amount", "tax_amount", "total_amount", "currency",
                   "create_date"]  # fmt: skip
 _WRITE_LOCKS: dict[str, threading.Lock] = {}
+# Creates that got no answer in time, by Tryton and draft key: Tryton may still be making them, and a check by
+# reference cannot see an invoice before it is committed, so such a key is not created again for a while.
+_UNANSWERED: dict[tuple[str, str], float] = {}
+UNANSWERED_GRACE = 600.0  # seconds
+log = logging.getLogger(__name__)
 
 
 class MappingStore(Protocol):
@@ -63,11 +77,15 @@ def tryton_line_amount(quantity: Decimal, unit_price_minor: int, currency: str) 
 class TrytonErp:
     name = ERP
 
-    def __init__(self, rpc: TrytonRpc, mappings: MappingStore | None = None, batch_size: int = 50) -> None:
+    def __init__(self, rpc: TrytonRpc, mappings: MappingStore | None = None, batch_size: int = 50,
+                 batch_attempts: int | None = None, sleep: Any = None) -> None:  # fmt: skip
         self.rpc = rpc
         self.mappings = mappings or MemoryMappings()
         self.batch_size = batch_size
-        self._lock = _WRITE_LOCKS.setdefault(f"{rpc.url}/{rpc.database}", threading.Lock())
+        self.batch_attempts = batch_attempts or rpc.attempts  # a batch whose write lost its answer, in all
+        self._sleep = sleep
+        self._where = f"{rpc.url}/{rpc.database}"
+        self._lock = _WRITE_LOCKS.setdefault(self._where, threading.Lock())
         self._cache: dict[str, Any] = {}
 
     # -- reference data ----------------------------------------------------------------------------
@@ -75,7 +93,11 @@ class TrytonErp:
     def _one(self, model: str, domain: list[Any], what: str) -> int:
         ids = self.rpc.model(model, "search", domain, 0, 2, None)
         if len(ids) != 1:
-            raise TrytonError("Setup", f"expected one {what} in Tryton, found {len(ids)} ({model} {domain})")
+            raise ConfigurationError(
+                f"{self.rpc.where}: expected one {what}, found {len(ids)} ({model} {domain})",
+                hint="set Tryton up for invoicing (company, chart of accounts, fiscal years, taxes, units); "
+                "connectors/tryton_embedded.py bootstrap() shows what is needed",
+            )
         return int(ids[0])
 
     def _ref(self, key: str, model: str, domain: list[Any], what: str) -> int:
@@ -276,8 +298,9 @@ class TrytonErp:
             except TrytonUserError as exc:
                 if exc.kind != "UserWarning" or not exc.detail:
                     raise
+                # Twice is no harm (Tryton consumes every acknowledgement of the name): retried like a read.
                 self.rpc.model("res.user.warning", "create", [{"user": self.rpc.context.get("id") or
-                               self._user_id(), "name": exc.detail[0], "always": False}])  # fmt: skip
+                               self._user_id(), "name": exc.detail[0], "always": False}], retry_safe=True)  # fmt: skip
         self.rpc.model(model, method, ids)
 
     def _user_id(self) -> int:
@@ -305,20 +328,50 @@ class TrytonErp:
         with self._lock:
             for start in range(0, len(drafts), self.batch_size):
                 batch = list(drafts[start : start + self.batch_size])
-                self._post_batch(batch, receipts, failures)
+                done, failed = self._post_batch_until_answered(batch)
+                receipts += done
+                failures += failed
         return receipts, failures
 
+    def _post_batch_until_answered(
+        self, drafts: list[InvoiceDraft]
+    ) -> tuple[list[PostingReceipt], list[PostingFailure]]:
+        """One batch, tried again from its check by reference when a write lost its answer (Tryton may have
+        committed it). An attempt in which some write was answered made progress and does not count against
+        ``batch_attempts`` (up to four times as many attempts in all); a read or login that failed after its
+        own retries ends the batch at once."""
+        touched: set[str] = set()  # keys this call created or posted: their receipts are new, found or not
+        fruitless = 0
+        for attempt in range(1, 4 * self.batch_attempts + 1):
+            receipts: list[PostingReceipt] = []
+            failures: list[PostingFailure] = []
+            answered = self.rpc.writes_answered
+            try:
+                self._post_batch(drafts, receipts, failures, touched)
+                return receipts, failures
+            except TrytonUnavailable as exc:
+                fruitless = 0 if self.rpc.writes_answered > answered else fruitless + 1
+                if not exc.maybe_done or fruitless >= self.batch_attempts or attempt == 4 * self.batch_attempts:
+                    raise
+                pause = min(self.rpc.wait_max, self.rpc.wait_initial * 2 ** max(fruitless - 1, 0))
+                pause += random.uniform(0, self.rpc.wait_initial)
+                log.warning("Tryton: %s; checking the batch by reference again in %.1f s", exc, pause)
+                (self._sleep or time.sleep)(pause)
+        raise AssertionError("unreachable")
+
     def _post_batch(self, drafts: list[InvoiceDraft], receipts: list[PostingReceipt],
-                    failures: list[PostingFailure]) -> None:  # fmt: skip
+                    failures: list[PostingFailure], touched: set[str] | None = None) -> None:  # fmt: skip
+        touched = set() if touched is None else touched
         existing = self._invoices([d.key for d in drafts])
         to_post: dict[int, str] = {}
         to_create: list[InvoiceDraft] = []
         stale: list[int] = []
         for draft in drafts:
             rows = existing[draft.key]
+            unanswered = _UNANSWERED.pop((self._where, draft.key), None)  # kept below while it still counts
             done = [r for r in rows if r["state"] in DONE_STATES]
             if done:
-                receipts.append(self._receipt(done[0], already_existed=True))
+                receipts.append(self._receipt(done[0], already_existed=draft.key not in touched))
                 continue
             problem = self._check_amounts(draft)
             if problem:
@@ -327,17 +380,30 @@ class TrytonErp:
             leftover = [r for r in rows if r["state"] in ("draft", "validated")]
             current = [r for r in leftover
                        if to_minor(r["untaxed_amount"], draft.currency) == draft.total_minor]  # fmt: skip
-            if current:  # created by a run that stopped before posting: post that one
+            if current:  # created by a run (or an attempt) that stopped before posting: post that one
                 to_post[current[0]["id"]] = draft.key
                 stale += [r["id"] for r in leftover if r is not current[0]]
+            elif not rows and unanswered is not None and time.monotonic() - unanswered < UNANSWERED_GRACE:
+                _UNANSWERED[(self._where, draft.key)] = unanswered
+                failures.append(PostingFailure(draft_key=draft.key, erp=ERP, error=(
+                    "not posted: Tryton did not answer its create in time and may still be making it; it is not "
+                    f"created again for {UNANSWERED_GRACE / 60:.0f} minutes (the next run checks by reference "
+                    "first)")))  # fmt: skip
             else:
                 stale += [r["id"] for r in leftover]
                 to_create.append(draft)
         if stale:  # drafts of ours that no longer match: Tryton allows deleting unposted invoices
             self.rpc.model("account.invoice", "delete", stale)
-        created = self._create(to_create, failures)
+        touched.update(d.key for d in to_create)
+        try:
+            created = self._create(to_create, failures)
+        except TrytonUnavailable as exc:
+            if exc.maybe_running:
+                _UNANSWERED.update({(self._where, d.key): time.monotonic() for d in to_create})
+            raise
         rows = self.rpc.model("account.invoice", "read", created, ["reference"]) if created else []
         to_post.update({r["id"]: r["reference"] for r in rows})
+        touched.update(to_post.values())
         self._post_ids(list(to_post), to_post, failures)
         failed = {f.draft_key for f in failures}
         after = self._invoices([k for k in to_post.values() if k not in failed])

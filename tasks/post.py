@@ -8,9 +8,10 @@ from contextlib import contextmanager
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 from pydantic import SecretStr
 
-from billing.errors import ConfigurationError
+from billing.errors import ConfigurationError, SystemUnavailable, UserFacingError
 from billing.ledger import Ledger
 from billing.models import DraftState, PostingFailure, PostingReceipt
 from billing.settings import Settings
@@ -81,4 +82,12 @@ def post_approved(settings: Settings, period: str) -> tuple[list[PostingReceipt]
     return receipts, failures
 
 
-post = task(post_approved, name="post", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
+def worth_retrying(task: object, task_run: object, state: State) -> bool:
+    """An outage (``SystemUnavailable``) or an unexpected error is tried again after a pause; a user's mistake
+    (a wrong Tryton password: each try is one more failed login towards Tryton's lock-out) is not."""
+    error = state.data if isinstance(state.data, BaseException) else None
+    return isinstance(error, SystemUnavailable) or not isinstance(error, UserFacingError)
+
+
+post = task(post_approved, name="post", retries=2, retry_delay_seconds=10, retry_condition_fn=worth_retrying,
+            cache_policy=NO_CACHE)  # fmt: skip
