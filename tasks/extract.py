@@ -15,6 +15,7 @@ from connectors.base import SourceConnector
 from connectors.filedrop import FileDropSource
 from connectors.redmine import RedmineSource
 from rules.schema import load_rules
+from tasks.retrying import worth_retrying
 
 
 def make_source(settings: Settings) -> SourceConnector:
@@ -64,4 +65,5 @@ def only_unbilled(batch: WorkBatch, billed: set[str]) -> WorkBatch:
     return replace(batch, worklogs=keep[0], usage=keep[1], issues=keep[2])
 
 
-extract = task(extract_work, name="extract", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+extract = task(extract_work, name="extract", retries=2, retry_delay_seconds=5, retry_condition_fn=worth_retrying,
+               cache_policy=NO_CACHE)  # fmt: skip

@@ -8,10 +8,9 @@ from contextlib import contextmanager
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import State
 from pydantic import SecretStr
 
-from billing.errors import ConfigurationError, SystemUnavailable, UserFacingError
+from billing.errors import ConfigurationError
 from billing.ledger import Ledger
 from billing.models import DraftState, PostingFailure, PostingReceipt
 from billing.settings import Settings
@@ -20,6 +19,7 @@ from connectors.file_erp import FileErp
 from connectors.tryton import TrytonErp
 from connectors.tryton_rpc import TrytonRpc
 from rules.quality import validate_drafts
+from tasks.retrying import worth_retrying
 
 
 def make_erp(settings: Settings) -> ErpConnector:
@@ -80,13 +80,6 @@ def post_approved(settings: Settings, period: str) -> tuple[list[PostingReceipt]
         ledger.record_postings(receipts, actor=f"post:{erp.name}")
     failures += [PostingFailure(draft_key=k, erp=erp.name, error=f"not posted: {r}") for k, r in refused.items()]
     return receipts, failures
-
-
-def worth_retrying(task: object, task_run: object, state: State) -> bool:
-    """An outage (``SystemUnavailable``) or an unexpected error is tried again after a pause; a user's mistake
-    (a wrong Tryton password: each try is one more failed login towards Tryton's lock-out) is not."""
-    error = state.data if isinstance(state.data, BaseException) else None
-    return isinstance(error, SystemUnavailable) or not isinstance(error, UserFacingError)
 
 
 post = task(post_approved, name="post", retries=2, retry_delay_seconds=10, retry_condition_fn=worth_retrying,

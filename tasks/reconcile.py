@@ -17,6 +17,7 @@ from billing.money import format_money
 from billing.settings import Settings
 from tasks.extract import make_source
 from tasks.post import make_erp
+from tasks.retrying import worth_retrying
 
 UNBILLED_STATES = (WorkState.EXTRACTED, WorkState.PRICED, WorkState.DRAFTED, WorkState.APPROVED)
 
@@ -176,5 +177,7 @@ def publish(summary: dict[str, Any], report: ReconcileReport) -> None:
     )
 
 
-write_back = task(write_back_to_source, name="write-back", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
-reconcile = task(reconcile_period, name="reconcile", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+write_back = task(write_back_to_source, name="write-back", retries=2, retry_delay_seconds=10,
+                  retry_condition_fn=worth_retrying, cache_policy=NO_CACHE)  # fmt: skip
+reconcile = task(reconcile_period, name="reconcile", retries=2, retry_delay_seconds=5,
+                 retry_condition_fn=worth_retrying, cache_policy=NO_CACHE)  # fmt: skip

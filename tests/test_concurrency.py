@@ -77,9 +77,11 @@ def test_a_second_run_waits_for_the_first_and_finds_nothing_new(run: Callable[..
 def test_a_run_asked_not_to_wait_stops_cleanly_and_writes_nothing(run: Callable[..., dict[str, Any]],
                                                                    home: Path) -> None:  # fmt: skip
     ledger = Ledger(f"sqlite:///{home / 'ledger.db'}")
-    with ledger.lock("billing:2026-10:files", "a billing run of 2026-10 into files"):
-        with pytest.raises(RunInProgress, match="is in progress: nothing was done"):
-            run(wait=False)
+    with (
+        ledger.lock("billing:2026-10:files", "a billing run of 2026-10 into files"),
+        pytest.raises(RunInProgress, match="is in progress: nothing was done"),
+    ):
+        run(wait=False)
     assert ledger.work_items("2026-10").empty
     assert not (home / "erp-files").exists()
 

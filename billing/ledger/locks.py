@@ -27,7 +27,7 @@ from billing.ledger.schema import RunLock, utcnow
 log = logging.getLogger(__name__)
 
 
-def _start_time(pid: int) -> str:
+def start_time(pid: int) -> str:
     """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or "" when gone."""
     try:
         stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115 - one short read
@@ -37,7 +37,7 @@ def _start_time(pid: int) -> str:
 
 
 def this_process() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+    return f"{socket.gethostname()}:{os.getpid()}:{start_time(os.getpid())}"
 
 
 def gone(holder: str) -> bool:
@@ -45,7 +45,7 @@ def gone(holder: str) -> bool:
     host, pid, started = holder.rsplit(":", 2)
     if host != socket.gethostname() or not pid.isdigit():
         return False
-    return _start_time(int(pid)) != started  # no such process, or its pid was reused by a newer one
+    return start_time(int(pid)) != started  # no such process, or its pid was reused by a newer one
 
 
 def _age(at: datetime) -> float:
