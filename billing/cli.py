@@ -20,9 +20,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from billing.errors import UserFacingError
+from billing.errors import UserFacingError, storage_problem
 from billing.money import format_money
-from billing.settings import Settings, load_settings
+from billing.settings import Settings, check_home, load_settings
 
 Period = Annotated[str | None, typer.Option(help="Billing period YYYY-MM. Default: the export's own period.")]
 Source = Annotated[
@@ -77,10 +77,12 @@ def _quiet_stdout(as_json: bool, status: str) -> Iterator[None]:
 
 
 class _NoTracebackForUserErrors(logging.Filter):
-    """Prefect logs a failed task's or flow's traceback; for a user's mistake the message is the whole story."""
+    """Prefect logs a failed task's or flow's traceback; for a user's mistake, an outage or a full disk the
+    message is the whole story."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], UserFacingError):
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and (isinstance(error, UserFacingError) or storage_problem(error)):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -143,6 +145,7 @@ def run(
         settings = load_settings(
             period=period, source=source, input_dir=input_dir, erp=erp, rules_file=rules, approve=approve, wait=wait
         )
+        check_home(settings)
         _prepare_prefect(settings)
         from flows.ticket_to_invoice import preflight, ticket_to_invoice
 
@@ -156,6 +159,11 @@ def run(
             )  # fmt: skip
     except UserFacingError as exc:
         raise _fail(exc) from None
+    except Exception as exc:  # a full disk or a read-only file half-way: the path, not a traceback
+        problem = storage_problem(exc, ledger=f"the ledger {settings.resolved_ledger_url}", home=settings.home)
+        if problem is None:
+            raise
+        raise _fail(problem) from None
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
     else:
@@ -360,6 +368,11 @@ def main() -> None:
     except UserFacingError as exc:  # a last guard: a user's mistake never ends in a traceback
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if (problem := storage_problem(exc)) is None:
+            raise
+        err.print(f"[bold red]error:[/] {problem}", highlight=False)
+        sys.exit(problem.exit_code)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ another run holds the period and this one was asked not to wait."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -54,7 +55,33 @@ class SystemUnavailable(UserFacingError):
 
 
 class StorageError(UserFacingError):
-    """The home or ledger cannot be written (a full disk, a read-only folder): the message names the path."""
+    """The home or ledger cannot be written (a full disk, a read-only folder): the message names the path.
+    Nothing is lost: what was begun stays in the ledger, and the next run goes on from there."""
+
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+# What SQLite says (through SQLAlchemy) when the ledger's file or folder cannot be written.
+SQLITE_STORAGE_MESSAGES = ("database or disk is full", "attempt to write a readonly database",
+                           "unable to open database file", "disk I/O error")  # fmt: skip
+
+
+def storage_problem(error: BaseException, ledger: str = "the ledger", home: Path | None = None) -> StorageError | None:
+    """The ``StorageError`` a low-level error stands for (a full disk, a read-only file), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in STORAGE_ERRNOS:
+            where = current.filename or (f"a file under {home}" if home else "a file of the home folder")
+            return StorageError(f"cannot write {where}: {current.strerror}", hint=STORAGE_HINT)
+        said = next((m for m in SQLITE_STORAGE_MESSAGES if m in str(current)), None)
+        if said:
+            return StorageError(f"cannot write {ledger}: {said}", hint=STORAGE_HINT)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+STORAGE_HINT = "free some space or make the folder writable, then run again: the next run goes on from here"
 
 
 class RunInProgress(UserFacingError):

@@ -8,6 +8,7 @@ Credentials never live here in plain text: connectors read them from the environ
 from __future__ import annotations
 
 import os
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -20,7 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from billing.errors import ConfigurationError
+from billing.errors import ConfigurationError, StorageError
 from billing.models import PERIOD_RE
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -144,6 +145,15 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigurationError("; ".join(problems)) from None
 
 
-def ensure_home(settings: Settings) -> Path:
-    settings.home.mkdir(parents=True, exist_ok=True)
+def check_home(settings: Settings) -> Path:
+    """Make sure the home exists and can be written (before anything else is), or say which path cannot."""
+    try:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=settings.home):
+            pass
+    except OSError as exc:
+        raise StorageError(
+            f"the home folder {settings.home} (TICKET_TO_INVOICE_HOME) cannot be written: {exc.strerror}",
+            hint="point TICKET_TO_INVOICE_HOME at a writable folder",
+        ) from None
     return settings.home

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 
 from billing.ledger import Ledger
-from billing.settings import Settings, load_settings
+from billing.settings import Settings, check_home, load_settings
 from rules.schema import load_rules
 from tasks.approve import approval_policy, ask_a_human
 from tasks.extract import extract, make_source, resolve_period
@@ -66,6 +66,7 @@ def one_run_at_a_time(settings: Settings, period: str, say: Callable[[str], None
 
 
 def preflight(settings: Settings) -> None:
-    """Check the rules and the source's files before a run, so mistakes are reported plainly."""
+    """Check the home, the rules and the source before a run, so mistakes are reported plainly."""
+    check_home(settings)
     load_rules(settings.rules_file)
     make_source(settings).check()
