@@ -58,7 +58,11 @@ def _port(url: str) -> int:
 
 
 def _port_free(port: int) -> bool:
+    """Nothing listens there: a server could bind the port now. With SO_REUSEADDR, as servers bind: a connection
+    that the stopped server closed itself stays in TIME-WAIT for a minute and is no listener (without the option
+    such a leftover made test_stop_really_stops_the_server fail now and then under load)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
