@@ -55,13 +55,15 @@ def _gone(pids: list[int], timeout: float = 10.0) -> float:
 class Parent:
     """A Python process that starts a child as ``code`` says and prints the child's pid."""
 
-    def __init__(self, code: str, *args: str) -> None:
+    def __init__(self, code: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, env=_env(), cwd=ROOT
+            [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, env=_env(**(env or {})), cwd=ROOT
         )
         assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        assert line.strip().isdigit(), f"the parent printed {line!r}"
+        printed = []
+        while not (line := self.process.stdout.readline()).strip().isdigit():  # anything else is a log line
+            assert line, f"the parent ended without a pid: {printed}"
+            printed.append(line)
         self.child = int(line)
 
     def kill(self) -> None:
@@ -148,6 +150,40 @@ def test_reap_orphans_never_kills_a_reused_pid(tmp_path: Path) -> None:
         record_child(record, bystander)  # the same child, recorded by a live parent (this test): left alone too
         assert reap_orphans([record]) == [] and alive(bystander.pid)
         bystander.kill()
+
+
+PREFECT_SERVER_FROM_A_THREAD = """
+import sys, threading, time
+from pathlib import Path
+from billing.processes import tie_prefect_server_to_this_process
+tie_prefect_server_to_this_process(Path(sys.argv[1]))
+from prefect.server.api.server import SubprocessASGIServer
+server = SubprocessASGIServer()
+thread = threading.Thread(target=server.start)  # as Prefect may: from whichever thread first needs the API
+thread.start()
+thread.join()
+print(server.server_process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.integration
+def test_prefect_temporary_server_lives_while_its_process_does_and_dies_with_it(tmp_path: Path) -> None:
+    """The hook for Prefect's SubprocessASGIServer, started from a short-lived thread: the server outlives the
+    thread, dies with the process, and its record lets the next run stop one that had no death signal."""
+    env = {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
+    with Parent(PREFECT_SERVER_FROM_A_THREAD, str(tmp_path / "prefect"), env=env) as parent:
+        server = parent.child
+        port = int(command_line(server)[command_line(server).index("--port") + 1])
+        time.sleep(1.0)
+        assert alive(server) and _listening(port), "the server died with the thread that started it"
+        assert [p.name for p in (tmp_path / "prefect").glob("ephemeral-server-*.json")] == [
+            f"ephemeral-server-{server}.json"
+        ]
+        parent.kill()
+        print(f"Prefect server gone {_gone([server]):.2f} s after the kill")
+        assert not _listening(port)
 
 
 # -- real runs ------------------------------------------------------------------------------------------------------
