@@ -56,6 +56,9 @@ def _prepare_prefect(settings: Settings) -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     if "PREFECT_API_URL" not in os.environ and _local_ui_running():
         os.environ["PREFECT_API_URL"] = LOCAL_UI
+    from billing.processes import tie_prefect_server_to_this_process  # its temporary server dies with this process
+
+    tie_prefect_server_to_this_process(settings.prefect_home)
 
 
 def _local_ui_running() -> bool:

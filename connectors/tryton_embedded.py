@@ -32,6 +32,7 @@ from typing import IO, Any
 import httpx
 
 from billing.errors import ConfigurationError
+from billing.processes import forget_child, popen_tied, reap_orphans, record_child
 from connectors.tryton_rpc import TrytonRpc
 
 Progress = Callable[[str], None]
@@ -93,6 +94,11 @@ class EmbeddedTryton:
 
     Files there: ``trytond.conf``, ``tryton.sqlite``, ``admin.password`` (0600), ``ready.json`` (written only after
     the whole set-up succeeded; without it the database is rebuilt), ``trytond-admin.log`` and ``trytond.log``.
+
+    No orphans: ``trytond`` and ``trytond-admin`` get a death signal (:mod:`billing.processes`), so they stop when
+    the process that started them dies, even by ``kill -9``; ``trytond.pid.json``/``trytond-admin.pid.json``
+    record them, and whoever starts or sets up the server next first stops one whose starter is gone. A set-up
+    killed half-way leaves no ``ready.json``, so the next run rebuilds the database instead of trusting it.
     """
 
     def __init__(
@@ -112,6 +118,8 @@ class EmbeddedTryton:
         self.marker = self.folder / "ready.json"
         self.admin_log = self.folder / "trytond-admin.log"
         self.server_log = self.folder / "trytond.log"
+        self.server_record = self.folder / "trytond.pid.json"
+        self.admin_record = self.folder / "trytond-admin.pid.json"
         self.ids: dict[str, Any] = {}
         self.admin_ran = False  # whether this instance ran trytond-admin (a reused database does not)
         self.timings: dict[str, float] = {}
@@ -175,7 +183,9 @@ class EmbeddedTryton:
         earlier = self._read_marker() or {}
         years = sorted(set(self.years) | set(earlier.get("years", [])))  # every year bootstrapped so far
         marker = {"version": MARKER_VERSION, "years": years, "ids": self.ids, "at": dt.datetime.now().isoformat()}
-        self.marker.write_text(json.dumps(marker, indent=2))
+        temporary = self.marker.with_name(f".{self.marker.name}.tmp")  # a kill mid-write leaves no half marker
+        temporary.write_text(json.dumps(marker, indent=2))
+        os.replace(temporary, self.marker)
 
     @property
     def ready(self) -> bool:
@@ -206,9 +216,14 @@ class EmbeddedTryton:
         self.timings["first_setup"] = time.monotonic() - started
         self._progress(f"Tryton: set-up finished in {self.timings['first_setup']:.0f} s")
 
+    def reap_orphans(self) -> list[int]:
+        """Stop a trytond or trytond-admin on this folder whose starter is gone (a killed earlier run)."""
+        return reap_orphans([self.admin_record, self.server_record])
+
     def _create_database(self) -> None:
         self.stop()
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.reap_orphans()  # an orphaned trytond-admin must not write into the files deleted below
         self._progress(f"Tryton: creating a new database in {self.folder} (first run, about a minute)")
         for path in (self.marker, self.database_file, *self.folder.glob(f"{DATABASE}.sqlite-*")):
             path.unlink(missing_ok=True)
@@ -223,7 +238,7 @@ class EmbeddedTryton:
         env["TRYTONPASSFILE"] = str(self.password_file)
         started = time.monotonic()
         with self.admin_log.open("w") as log:
-            result = subprocess.run(
+            admin = popen_tied(
                 [
                     self._executable("trytond-admin"),
                     "-c",
@@ -241,12 +256,20 @@ class EmbeddedTryton:
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.folder,
-                timeout=900,
             )
+            record_child(self.admin_record, admin, "trytond-admin")
+            try:
+                returncode = admin.wait(900)
+            except BaseException:  # a timeout, or Ctrl-C: no trytond-admin left writing into the database
+                admin.kill()
+                admin.wait()
+                raise
+            finally:
+                forget_child(self.admin_record, admin)
         self.admin_ran = True
         self.timings["trytond_admin"] = time.monotonic() - started
-        if result.returncode != 0:
-            raise RuntimeError(f"trytond-admin failed ({result.returncode}):\n{_tail(self.admin_log)}")
+        if returncode != 0:
+            raise RuntimeError(f"trytond-admin failed ({returncode}):\n{_tail(self.admin_log)}")
 
     def _bootstrap_running(self, keep_running: bool) -> None:
         was_running = self.running
@@ -284,13 +307,14 @@ class EmbeddedTryton:
 
     def _launch(self, timeout: float = 120.0) -> TrytonConnection:
         self.stop()
+        self.reap_orphans()  # a trytond left by a killed run: on our port, or serving the same SQLite file
         started = time.monotonic()
         port = self.port or _free_port()
         self._write_config(port)
         self._progress(f"Tryton: starting the server on 127.0.0.1:{port}")
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRYTOND_") and k != "TRYTONPASSFILE"}
         with self.server_log.open("w") as log:
-            self._process = subprocess.Popen(
+            self._process = popen_tied(  # dies with this process: no trytond left listening after a kill -9
                 [self._executable("trytond"), "-c", str(self.config_file), "-d", DATABASE],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -299,6 +323,7 @@ class EmbeddedTryton:
                 cwd=self.folder,
                 start_new_session=True,  # its own process group: stop() signals the group, a shell's SIGINT is moot
             )
+        record_child(self.server_record, self._process, "trytond")
         connection = TrytonConnection(f"http://127.0.0.1:{port}", DATABASE, ADMIN, self._password())
         try:
             self._wait_for_login(connection, timeout)
@@ -347,6 +372,7 @@ class EmbeddedTryton:
                     continue
         else:
             process.wait()
+        forget_child(self.server_record, process)
 
     def __enter__(self) -> TrytonConnection:
         # One server per folder: a second run on the same home waits here instead of starting a second server

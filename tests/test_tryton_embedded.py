@@ -1,5 +1,6 @@
 """The embedded Tryton against a real trytond: first set-up, idempotent bootstrap, invoices that post in EUR (19%)
-and USD (export, 0%), a stop that frees the port, and a second instance that reuses the database."""
+and USD (export, 0%), a stop that frees the port, a second instance that reuses the database, and no trytond left
+running when the process that started it is killed."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from billing.processes import alive
 from connectors.tryton_embedded import EmbeddedTryton, bootstrap, demo_invoice
 from connectors.tryton_rpc import TrytonRpc
 
@@ -58,7 +60,11 @@ def _port(url: str) -> int:
 
 
 def _port_free(port: int) -> bool:
+    """Nothing listens there: a server could bind the port now. With SO_REUSEADDR, as servers bind: a connection
+    that the stopped server closed itself stays in TIME-WAIT for a minute and is no listener (without the option
+    such a leftover made test_stop_really_stops_the_server fail now and then under load)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -220,3 +226,56 @@ def test_second_instance_reuses_the_database(tryton: Tryton) -> None:
     finally:
         second.stop()
     assert _port_free(_port(connection.url))
+
+
+STARTER = """
+import subprocess, sys, time
+from pathlib import Path
+import connectors.tryton_embedded as embedded
+if sys.argv[1] == "untied":  # as a version without the death signal started it
+    embedded.popen_tied = lambda args, **kwargs: subprocess.Popen(args, **kwargs)
+emb = embedded.EmbeddedTryton(Path(sys.argv[2]), years=[int(year) for year in sys.argv[3:]])
+connection = emb.start()
+print(emb._process.pid, connection.url, flush=True)
+time.sleep(600)
+"""
+
+
+def _start_in_a_process_and_kill_it(tryton: Tryton, mode: str) -> tuple[int, int]:
+    """trytond started by another process on the fixture's home, that process killed with SIGKILL: (pid, port)."""
+    tryton.emb.stop()
+    root = Path(__file__).resolve().parents[1]
+    env = os.environ | {"PYTHONPATH": str(root)}
+    starter = subprocess.Popen(
+        [sys.executable, "-c", STARTER, mode, str(tryton.home), *map(str, YEARS)],
+        stdout=subprocess.PIPE, text=True, env=env, cwd=root,
+    )  # fmt: skip
+    try:
+        assert starter.stdout is not None
+        pid, url = starter.stdout.readline().split()
+        assert not _port_free(_port(url))
+    finally:
+        starter.kill()
+        starter.wait()
+    return int(pid), _port(url)
+
+
+def test_trytond_dies_with_the_process_that_started_it(tryton: Tryton) -> None:
+    pid, port = _start_in_a_process_and_kill_it(tryton, "tied")
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(pid) and _port_free(port)
+    assert tryton.emb.start() and tryton.emb.ready  # the next start works on the same files
+
+
+def test_an_orphaned_trytond_is_stopped_by_the_next_start(tryton: Tryton) -> None:
+    """The safety net where no death signal was set (an older version, another system): the record it left."""
+    pid, port = _start_in_a_process_and_kill_it(tryton, "untied")
+    time.sleep(0.5)
+    assert alive(pid) and not _port_free(port), "an untied trytond outlives its starter"
+    connection = tryton.emb.start()
+    assert not alive(pid) and _port_free(port)
+    rpc = connection.rpc()
+    assert rpc.model("company.company", "search_count", []) == 1
+    rpc.close()
