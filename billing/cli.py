@@ -7,6 +7,7 @@ inside a command, after the environment for Prefect is set (Prefect reads it whe
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -59,6 +60,19 @@ def _prepare_prefect(settings: Settings) -> None:
     from billing.processes import tie_prefect_server_to_this_process  # its temporary server dies with this process
 
     tie_prefect_server_to_this_process(settings.prefect_home)
+
+
+def _start_prefect_server() -> None:
+    """Start this process's temporary Prefect server now (unless a server is configured), one process at a
+    time per Prefect home: two runs started together on a new home would both migrate its database, and
+    the loser's server fails to start with a traceback."""
+    if "PREFECT_API_URL" in os.environ:
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    with open(Path(os.environ["PREFECT_HOME"]) / ".server-start.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
+        SubprocessASGIServer().start()  # the instance the flow's client uses: started once, reused
 
 
 def _local_ui_running() -> bool:
@@ -154,6 +168,7 @@ def run(
 
         preflight(settings)  # a user's mistake is an error message here, not a failed run with a traceback
         _quiet_user_errors()  # and one found during the run (too many bad rows) is a message too
+        _start_prefect_server()
 
         with _quiet_stdout(as_json, "Billing…"):
             summary = ticket_to_invoice(
