@@ -375,7 +375,8 @@ def quarantine(
             key, value = record["key"], record.get(shown_column)
             if (key, check.field) in parse_fields:  # already explained by the parse problem
                 continue
-            if check.type == UNIQUE:  # a repeated id: one reason naming every row it is on
+            if check.type == UNIQUE:  # a repeated id: one reason naming the id's field and every row it is on
+                value = record["source_id"]
                 if not rows_of_key and "source_row" in frame:
                     rows_of_key = frame.groupby("key")["source_row"].agg(list).to_dict()
                 where = (
@@ -383,7 +384,7 @@ def quarantine(
                     if key in rows_of_key and record.get("source_file") is not None
                     else ""
                 )
-                reasons[key].append(f"{check.says}: {record['source_id']}{where}")
+                reasons[key].append(f"{check.says}: {check.field}={record['source_id']!r}{where}")
             else:
                 says = problems.get((check.column, value), check.says) if check.set_parameter else check.says
                 reasons[key].append(f"{says}: {check.field}={_shown(check, value)}{_where(record)}")
