@@ -22,6 +22,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from billing.errors import ConfigurationError, InputError
+from billing.ledger.schema import WorkItem
 from billing.models import (
     ISSUE_COLUMNS,
     PERIOD_RE,
@@ -64,6 +65,12 @@ USAGE = EntitySchema(
 )
 TRUE_WORDS = {"true", "yes", "y", "1", ""}  # an empty "billable" means billable
 FALSE_WORDS = {"false", "no", "n", "0"}
+# The longest id the ledger keeps (billing/ledger/schema.py: work_items.source_id, customer_id, ticket_id).
+LEDGER_LENGTHS = {
+    "worklog_id": WorkItem.__table__.c.source_id.type.length,
+    "customer_id": WorkItem.__table__.c.customer_id.type.length,
+    "ticket_id": WorkItem.__table__.c.ticket_id.type.length,
+}
 MAX_MINUTES = 10**9  # beyond any real duration; keeps seconds well inside int64
 
 
@@ -354,13 +361,20 @@ class FileDropSource:
         frame, more = read_table(path, WORKLOGS)
         notes += more
         ids = frame["worklog_id"]
-        # A row without an id still gets a key of its own (file and row), so it is tracked and quarantined.
+        # What the ledger cannot hold (PostgreSQL refuses a value longer than its column, and the whole run
+        # with it) is an issue of the row, and left out of the row.
+        too_long = {column: frame[column].str.len() > LEDGER_LENGTHS[column] for column in LEDGER_LENGTHS}
+        # A row without a usable id still gets a key of its own (file and row), so it is tracked and quarantined.
         frame["key"] = np.where(
-            ids != "",
+            (ids != "") & ~too_long["worklog_id"],
             f"{SYSTEM}:{self.instance}:worklog:" + ids,
             f"{SYSTEM}:{self.instance}:worklog:@{path.name}:" + frame["source_row"].astype(str),
         )
         problems = [_issues(ids == "", frame, "worklog_id", "worklog_id is empty", path)]
+        for column, mask in too_long.items():
+            problems.append(_issues(mask, frame, column, f"{column} is longer than {LEDGER_LENGTHS[column]} "
+                                                         "characters", path))  # fmt: skip
+            frame.loc[mask, column] = ""
 
         started, unreadable, no_zone, implausible = _timestamps(frame["started_at"])
         problems += [

@@ -653,3 +653,27 @@ def test_a_ticket_date_in_year_10000_is_no_crash_and_tickets_name_their_file(exp
     batch = FileDropSource(export).extract("2026-10")
     assert pd.isna(batch.tickets["created_at"][0])
     assert set(batch.tickets["source_file"]) == {"tickets.csv"}
+
+
+def test_ids_longer_than_the_ledger_keeps_are_issues_and_left_out_of_the_row(export: Path) -> None:
+    # PostgreSQL refuses a value longer than its column (work_items.source_id 200, customer_id 100, ticket_id 200):
+    # one such row stopped the whole run at the ledger with a traceback.
+    long_id, long_customer, long_ticket = "W" * 201, "C" * 101, "T" * 201
+    (export / "worklogs.csv").write_text(
+        HEADER + f",ticket_id\nA,ACME,consulting,2026-10-05T10:00:00Z,30,T-1001\n"
+        f"{long_id},ACME,consulting,2026-10-05T11:00:00Z,30,T-1001\n"
+        f"B,{long_customer},consulting,2026-10-05T12:00:00Z,30,{long_ticket}\n",
+        encoding="utf-8",
+    )
+    batch = FileDropSource(export).extract()
+    worklogs = batch.worklogs
+    assert worklogs["key"].tolist() == [PREFIX + "A", PREFIX + "@worklogs.csv:3", PREFIX + "B"]
+    assert worklogs["source_id"].str.len().max() <= 200
+    assert worklogs["customer_id"].isna().tolist() == [False, False, True]
+    assert worklogs["ticket_id"].isna().tolist() == [False, False, True]
+    found = batch.issues[["key", "source_row", "field", "value", "problem"]].values.tolist()
+    assert found == [
+        [PREFIX + "@worklogs.csv:3", 3, "worklog_id", long_id, "worklog_id is longer than 200 characters"],
+        [PREFIX + "B", 4, "customer_id", long_customer, "customer_id is longer than 100 characters"],
+        [PREFIX + "B", 4, "ticket_id", long_ticket, "ticket_id is longer than 200 characters"],
+    ]
