@@ -326,6 +326,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+SHOWN_CHARACTERS = 80  # of a long value in a reason: enough to find the row, not a copy of a pasted document
+
+
+def _text(value: Any) -> str:
+    """``repr`` of a value, cut short when it is long (the details keep it whole)."""
+    if isinstance(value, str) and len(value) > SHOWN_CHARACTERS:
+        return f"{value[:SHOWN_CHARACTERS]!r}… ({len(value)} characters)"
+    return repr(value)
+
+
 def _shown(check: Check, value: Any) -> str:
     """A failing value as the user wrote it: durations in minutes, empty as (empty)."""
     value = _plain(value)
@@ -333,7 +343,7 @@ def _shown(check: Check, value: Any) -> str:
         return "(empty)"
     if check.config["meta"].get("unit") == "minutes":
         return f"{value / 60:g}"
-    return repr(value)
+    return _text(value)
 
 
 def _where(record: Mapping[str, Any]) -> str:
@@ -359,7 +369,7 @@ def quarantine(
     parse_fields: set[tuple[str, str]] = set()
     for issue in (issues if issues is not None else pd.DataFrame()).to_dict("records"):  # few rows
         where = f"{issue['source_file']} row {issue['source_row']}"
-        reasons[issue["key"]].append(f"{issue['problem']}: {issue['value']!r} ({where})")
+        reasons[issue["key"]].append(f"{issue['problem']}: {_text(issue['value'])} ({where})")
         details[issue["key"]].append({"field": issue["field"], "value": issue["value"], "check": "parse"})
         parse_fields.add((issue["key"], issue["field"]))
 
@@ -384,7 +394,7 @@ def quarantine(
                     if key in rows_of_key and record.get("source_file") is not None
                     else ""
                 )
-                reasons[key].append(f"{check.says}: {check.field}={record['source_id']!r}{where}")
+                reasons[key].append(f"{check.says}: {check.field}={_text(record['source_id'])}{where}")
             else:
                 says = problems.get((check.column, value), check.says) if check.set_parameter else check.says
                 reasons[key].append(f"{says}: {check.field}={_shown(check, value)}{_where(record)}")

@@ -349,3 +349,15 @@ def test_a_usage_quantity_in_other_digits_or_too_long_is_quarantined(quantity: s
     outcome = validate_usage(frame, ["ACME"], ["storage_gb"], "2026-10", NOW)
     assert outcome.quarantined["reason"].tolist() == [
         f"quantity is not a non-negative number with at most 3 decimals: quantity={quantity!r} (usage.csv row 3)"]
+
+
+def test_a_long_value_is_cut_short_in_the_reason_and_kept_whole_in_the_details() -> None:
+    # A pasted document as the customer id made a reason (and the run summary) of 20,000 characters.
+    frame = FileDropSource(SAMPLE).extract().worklogs.head(3).copy()
+    frame["customer_id"] = frame["customer_id"].astype(object)
+    frame.loc[1, "customer_id"] = "x" * 20_000
+    outcome = outcome_for(frame)
+    reason = outcome.quarantined["reason"][0]
+    # row 5: the first row of October
+    assert reason == f"unknown customer: customer_id={'x' * 80!r}… (20000 characters) (worklogs.csv row 5)"
+    assert outcome.quarantined["details"][0][0]["value"] == "x" * 20_000
