@@ -40,6 +40,7 @@ NON_BILLABLE_SERVICE = "internal"
 METRICS = ["backup_gb", "m365_seats"]
 ZONES = ["UTC", "Europe/Berlin", "Europe/Amsterdam", "America/New_York", "America/Chicago", "Asia/Tokyo",
          "Asia/Kolkata", "Asia/Kathmandu", "Australia/Sydney", "Pacific/Pago_Pago"]  # fmt: skip
+MAX_ID = 200  # the longest work-log id the ledger keeps (work_items.source_id)
 LATE_ZONE = "Pacific/Pago_Pago"  # UTC-11: its month ends last, so a start in the future can still be in it
 
 # Text a helpdesk lets people type: harmless in free-text columns, wrong in ids and codes.
@@ -247,9 +248,9 @@ MALFORMED_TIMES = ["2026-13-01T00:00:00Z", "2026-10-32T10:00:00Z", "2026-02-30T1
                    "2026-10-05T10:00:00ZZ", "T10:00:00Z", "2026-10-05 T 10:00"]  # fmt: skip
 
 
-KINDS = ["id_empty", "id_repeated", "customer_empty", "customer_unknown", "customer_bad", "service_empty",
-         "service_unknown", "ticket_unknown", "ticket_bad", "start_empty", "start_malformed", "start_naive",
-         "start_date_only", "start_future", "duration_empty", "duration_negative", "duration_zero", "duration_huge",
+KINDS = ["id_empty", "id_too_long", "id_repeated", "customer_empty", "customer_unknown", "customer_bad",
+         "service_empty", "service_unknown", "ticket_unknown", "ticket_bad", "start_empty", "start_malformed",
+         "start_naive", "start_date_only", "start_future", "duration_empty", "duration_negative", "duration_zero", "duration_huge",
          "duration_not_a_number", "duration_tiny", "billable_odd"]  # fmt: skip
 
 
@@ -285,7 +286,8 @@ class Worklogs:
 
     def key(self, row: dict[str, Any], number: int) -> str:
         wid = str(row["worklog_id"]).strip()
-        return f"files:{INSTANCE}:worklog:" + (wid if wid else f"@{self.file}:{number}")
+        usable = wid and len(wid) <= MAX_ID  # else the row is known by its file and row
+        return f"files:{INSTANCE}:worklog:" + (wid if usable else f"@{self.file}:{number}")
 
     def add_good(self) -> None:
         self.rows.append(self.good_row())
@@ -325,6 +327,9 @@ class Worklogs:
         fz = self.fz
         if kind == "id_empty":
             row["worklog_id"] = fz.pick(["", "  ", "\t"])
+            return kind, "worklog_id"
+        if kind == "id_too_long":  # more than the ledger's column holds
+            row["worklog_id"] = "WL-" + fz.pick(["9", "x", "é"]) * fz.rng.randint(MAX_ID, 3 * MAX_ID)
             return kind, "worklog_id"
         if kind == "id_repeated":
             row["worklog_id"] = fz.pick(self.good_ids) if self.good_ids else ""
