@@ -250,8 +250,8 @@ MALFORMED_TIMES = ["2026-13-01T00:00:00Z", "2026-10-32T10:00:00Z", "2026-02-30T1
 
 KINDS = ["id_empty", "id_too_long", "id_repeated", "customer_empty", "customer_unknown", "customer_bad",
          "service_empty", "service_unknown", "ticket_unknown", "ticket_bad", "start_empty", "start_malformed",
-         "start_naive", "start_date_only", "start_future", "duration_empty", "duration_negative", "duration_zero", "duration_huge",
-         "duration_not_a_number", "duration_tiny", "billable_odd"]  # fmt: skip
+         "start_naive", "start_date_only", "start_future", "duration_empty", "duration_negative", "duration_zero",
+         "duration_huge", "duration_not_a_number", "duration_tiny", "billable_odd"]  # fmt: skip
 
 
 class Worklogs:
