@@ -166,8 +166,10 @@ def read_table(path: Path, entity: EntitySchema) -> tuple[pd.DataFrame, list[str
             # usecols: nor may one on some rows only stop the file (pandas refuses a row longer than the first).
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", pd.errors.ParserWarning)  # extra empty fields: checked above
+                # skip_blank_lines=False: pandas would skip a blank line, and every row after it would be
+                # reported one row too early; blank rows are left out below, after numbering.
                 frame = pd.read_csv(StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
-                                    index_col=False, usecols=range(len(header)))  # fmt: skip
+                                    index_col=False, usecols=range(len(header)), skip_blank_lines=False)  # fmt: skip
         except (pd.errors.ParserError, ValueError) as exc:
             raise InputError(path, f"not a well-formed CSV file: {exc}".replace("\n", " ")) from None
         frame.columns = [str(c).strip() for c in frame.columns]
@@ -196,8 +198,12 @@ def read_table(path: Path, entity: EntitySchema) -> tuple[pd.DataFrame, list[str
     for column in entity.optional:
         if column not in frame.columns:
             frame[column] = ""
-    frame = frame[list(entity.columns)].apply(lambda col: col.str.strip())
+    frame = frame[list(entity.columns)].apply(lambda col: col.fillna("").str.strip())
     frame["source_row"] = rows
+    # A row without a single value (a blank line, ",,,,", {}) is no row: nothing to bill or to quarantine.
+    blank = (frame[list(entity.columns)] == "").all(axis=1)
+    if blank.any():
+        frame = frame.loc[~blank].reset_index(drop=True)
     return frame, notes
 
 

@@ -470,6 +470,7 @@ def _pandas_rows(data: bytes) -> pd.DataFrame | None:
                 skipinitialspace=True,
                 index_col=False,
                 usecols=range(width),
+                skip_blank_lines=False,
             )
     except (UnicodeDecodeError, csv.Error, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError):
         return None
@@ -490,16 +491,18 @@ def test_any_worklogs_file_gives_a_batch_or_a_user_facing_error(export: Path, da
     assert frame is not None, "a file pandas cannot read must be an InputError"
     worklogs = batch.worklogs
     assert list(worklogs.columns) == list(WORKLOG_COLUMNS)
-    assert len(worklogs) + batch.outside_period == len(frame)
+    # A row without a single value (a blank line, ",,,,") is no row; the others keep their row numbers.
+    blank = (frame.fillna("").apply(lambda column: column.str.strip()) == "").all(axis=1).tolist()
+    assert len(worklogs) + batch.outside_period == blank.count(False)
     # Every row is accounted for once: none is dropped and no duplicate is collapsed into another.
     assert worklogs["source_row"].is_unique
-    assert set(worklogs["source_row"]) <= set(range(2, len(frame) + 2))
-    ids = frame["worklog_id"].str.strip()
+    assert set(worklogs["source_row"]) <= {n for n, b in enumerate(blank, start=2) if not b}
+    ids = frame["worklog_id"].fillna("").str.strip()
     expected = [PREFIX + i if i else f"{PREFIX}@worklogs.csv:{n}" for n, i in enumerate(ids, start=2)]
     for row in worklogs.itertuples():
         assert row.key == expected[row.source_row - 2]
     # A duplicated key is not collapsed: it appears once per row that carries it (all of them, if none is outside).
-    counts, wanted = Counter(worklogs["key"]), Counter(expected)
+    counts, wanted = Counter(worklogs["key"]), Counter(k for k, b in zip(expected, blank, strict=True) if not b)
     assert counts <= wanted
     if batch.outside_period == 0:
         assert counts == wanted
@@ -677,3 +680,13 @@ def test_ids_longer_than_the_ledger_keeps_are_issues_and_left_out_of_the_row(exp
         [PREFIX + "B", 4, "customer_id", long_customer, "customer_id is longer than 100 characters"],
         [PREFIX + "B", 4, "ticket_id", long_ticket, "ticket_id is longer than 200 characters"],
     ]
+
+
+@pytest.mark.parametrize("blank", ["", "   ", ",,,,", '""'])
+def test_a_blank_row_is_no_row_and_the_rows_after_it_keep_their_numbers(export: Path, blank: str) -> None:
+    # pandas skipped a blank line: every reason after it named the row above the bad one; ",,,," was a work item.
+    (export / "worklogs.csv").write_text(HEADER + f"\nA,ACME,consulting,2026-10-05T10:00:00Z,30\n{blank}\n"
+                                         "B,ACME,consulting,2026-10-05T11:00:00Z,1h\n\n", encoding="utf-8")  # fmt: skip
+    batch = FileDropSource(export).extract()
+    assert batch.worklogs[["source_id", "source_row"]].values.tolist() == [["A", 2], ["B", 4]]
+    assert batch.issues[["source_row", "field"]].values.tolist() == [[4, "duration_minutes"]]
