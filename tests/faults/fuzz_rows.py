@@ -40,6 +40,8 @@ NON_BILLABLE_SERVICE = "internal"
 METRICS = ["backup_gb", "m365_seats"]
 ZONES = ["UTC", "Europe/Berlin", "Europe/Amsterdam", "America/New_York", "America/Chicago", "Asia/Tokyo",
          "Asia/Kolkata", "Asia/Kathmandu", "Australia/Sydney", "Pacific/Pago_Pago"]  # fmt: skip
+REQUIRED = ("worklog_id", "customer_id", "service_type", "started_at", "duration_minutes")
+BLANK, CUT = "__blank__", "__cut__"  # markers of a row written as a blank line, and of one cut short
 MAX_ID = 200  # the longest work-log id the ledger keeps (work_items.source_id)
 LATE_ZONE = "Pacific/Pago_Pago"  # UTC-11: its month ends last, so a start in the future can still be in it
 
@@ -258,8 +260,8 @@ class Worklogs:
     """Work-log rows with what must become of each."""
 
     def __init__(self, fz: Fuzzer, expected: Expected, customers: dict[str, str], bad_customers: list[str],
-                 tickets: list[str], bad_tickets: list[str], file: str) -> None:  # fmt: skip
-        self.fz, self.expected, self.file = fz, expected, file
+                 tickets: list[str], bad_tickets: list[str], file: str, header: list[str] | None) -> None:  # fmt: skip
+        self.fz, self.expected, self.file, self.header = fz, expected, file, header  # header: of a CSV file
         self.customers, self.bad_customers = customers, bad_customers
         self.tickets, self.bad_tickets = tickets, bad_tickets
         self.rows: list[dict[str, Any]] = []
@@ -285,7 +287,7 @@ class Worklogs:
         return row
 
     def key(self, row: dict[str, Any], number: int) -> str:
-        wid = str(row["worklog_id"]).strip()
+        wid = str(row.get("worklog_id", "")).strip()
         usable = wid and len(wid) <= MAX_ID  # else the row is known by its file and row
         return f"files:{INSTANCE}:worklog:" + (wid if usable else f"@{self.file}:{number}")
 
@@ -294,6 +296,12 @@ class Worklogs:
         self.good_ids.append(self.rows[-1]["worklog_id"])
         self.faults.append(None)
         self.kinds.append("good")
+
+    def add_blank(self) -> None:
+        """A blank line, a row of empty values or {}: no row (and the rows after it keep their numbers)."""
+        self.rows.append({BLANK: True})
+        self.faults.append(None)
+        self.kinds.append("blank")
 
     def add_outside(self) -> None:
         row = self.good_row()
@@ -307,8 +315,8 @@ class Worklogs:
         fields: list[str] = []
         kinds: list[str] = []
         while len(kinds) < faults:
-            kind, field_ = self.spoil(row, avoid=kinds if faults == 1 else [*kinds, "start_future"])
-            fields.append(field_)
+            kind, field_ = self.spoil(row, avoid=kinds if faults == 1 else [*kinds, "start_future", "row_cut_short"])
+            fields += field_.split(",")
             kinds.append(kind)
         if row["customer_id"] not in self.customers and "started_at" not in fields:
             # The connector reads the month of a start in the customer's zone, UTC for a customer it does not
@@ -320,7 +328,8 @@ class Worklogs:
 
     def spoil(self, row: dict[str, Any], avoid: list[str]) -> tuple[str, str]:
         fz = self.fz
-        kind = fz.pick([k for k in KINDS if k not in avoid])
+        kinds = KINDS + (["row_cut_short"] if self.header else [])
+        kind = fz.pick([k for k in kinds if k not in avoid])
         return self._spoil(row, kind)
 
     def _spoil(self, row: dict[str, Any], kind: str) -> tuple[str, str]:
@@ -328,6 +337,19 @@ class Worklogs:
         if kind == "id_empty":
             row["worklog_id"] = fz.pick(["", "  ", "\t"])
             return kind, "worklog_id"
+        if kind == "row_cut_short":  # a CSV line that ends early: the columns after it are empty
+            assert self.header is not None
+            header = self.header
+            last_required = max(n for n, h in enumerate(header) if h in REQUIRED)
+            ks = [k for k in range(1, last_required + 1) if any(str(row.get(h, "x")).strip() for h in header[:k])]
+            if not ks:
+                return self._spoil(row, "service_empty")
+            cut = fz.pick(ks)
+            row[CUT] = cut
+            for column in header[cut:]:
+                if column in row:
+                    row[column] = ""
+            return kind, ",".join(h for h in header[cut:] if h in REQUIRED)
         if kind == "id_too_long":  # more than the ledger's column holds
             row["worklog_id"] = "WL-" + fz.pick(["9", "x", "é"]) * fz.rng.randint(MAX_ID, 3 * MAX_ID)
             return kind, "worklog_id"
@@ -411,10 +433,13 @@ class Worklogs:
         """Record what must become of each row, now that every row (and every repeated id) is known."""
         keys = [self.key(r, first_row + i) for i, r in enumerate(self.rows)]
         count: dict[str, int] = {}
-        for key in keys:
-            count[key] = count.get(key, 0) + 1
+        for key, kind in zip(keys, self.kinds, strict=True):
+            if kind not in ("blank", "outside"):  # a row of another period is no repeat in this one
+                count[key] = count.get(key, 0) + 1
         for number, (row, key, faults, kind) in enumerate(zip(self.rows, keys, self.faults, self.kinds,
                                                                strict=True), start=first_row):  # fmt: skip
+            if kind == "blank":
+                continue
             if kind == "outside":
                 self.expected.outside.add(key)
             elif count[key] > 1:  # every row of a repeated id fails: the id is no identity any more
@@ -505,13 +530,19 @@ def _usage(fz: Fuzzer, expected: Expected, customers: dict[str, str], bad_custom
 # -- files ----------------------------------------------------------------------------------------------------
 
 
-def _write(folder: Path, name: str, fmt: str, rows: list[dict[str, Any]], columns: list[str], fz: Fuzzer) -> str:
+def _csv_header(columns: list[str], fz: Fuzzer) -> list[str]:
+    """The columns in an order of the exporter's, sometimes with one nobody asked for."""
+    header = [*columns, "exported_by"] if fz.rng.random() < 0.5 else list(columns)
+    fz.rng.shuffle(header)
+    return header
+
+
+def _write(folder: Path, name: str, fmt: str, rows: list[dict[str, Any]], columns: list[str], fz: Fuzzer,
+           header: list[str] | None = None) -> str:  # fmt: skip
     """``rows`` as ``name.fmt``, with the oddities real exports have in that format; the file's name."""
     path = folder / f"{name}.{fmt}"
     if fmt == "csv":
-        extra = fz.rng.random() < 0.5  # a column nobody asked for
-        header = [*columns, "exported_by"] if extra else list(columns)
-        fz.rng.shuffle(header)
+        header = header or _csv_header(columns, fz)
         buffer = StringIO()
         # csv quotes a value holding a character of its line terminator only: with "\n" a bare "\r" in a
         # value would end the record for every reader. Such exporters quote every value.
@@ -521,21 +552,25 @@ def _write(folder: Path, name: str, fmt: str, rows: list[dict[str, Any]], column
             writer = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow([f" {h} " if fz.rng.random() < 0.1 else h for h in header])
         for row in rows:
-            values = [str(row.get(h, "system")) for h in header]
+            if BLANK in row:
+                writer.writerow(fz.pick([[], [""] * len(header)]))
+                continue
+            values = [str(row.get(h, "system")) for h in header][: row.get(CUT)]
             if fz.rng.random() < 0.01:
                 values.append("")  # a trailing comma: an empty extra value is harmless
             writer.writerow(values)
         text = buffer.getvalue()
         path.write_text(("\ufeff" if fz.rng.random() < 0.5 else "") + text, encoding="utf-8", newline="")
     elif fmt == "json":
-        data: Any = [{k: v for k, v in r.items() if k in columns} for r in rows]
+        data: Any = [{k: v for k, v in r.items() if k in columns} for r in rows]  # a blank row: {}
         if fz.rng.random() < 0.3:
             data = {name: data}
         path.write_text(json.dumps(data, ensure_ascii=fz.rng.random() < 0.5, indent=fz.pick([None, 1])),
                         encoding="utf-8")  # fmt: skip
     else:
         ascii_only = fz.rng.random() < 0.3
-        lines = [json.dumps({k: v for k, v in r.items() if k in columns}, ensure_ascii=ascii_only) for r in rows]
+        lines = ["" if BLANK in r else json.dumps({k: v for k, v in r.items() if k in columns}, ensure_ascii=ascii_only)
+                 for r in rows]  # fmt: skip
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path.name
 
@@ -591,19 +626,22 @@ def write_export(folder: Path, seed: int, now: datetime | None = None, good: int
            fz)  # fmt: skip
 
     fmt = chosen["worklogs"]
-    worklogs = Worklogs(fz, expected, customers, bad_customers, tickets, bad_tickets, f"worklogs.{fmt}")
-    plan = ["good"] * good + ["bad"] * bad + ["outside"] * (good // 100)
+    header = _csv_header(WORKLOG_COLUMNS, fz) if fmt == "csv" else None
+    worklogs = Worklogs(fz, expected, customers, bad_customers, tickets, bad_tickets, f"worklogs.{fmt}", header)
+    plan = ["good"] * good + ["bad"] * bad + ["outside"] * (good // 100) + ["blank"] * (good // 1000)
     fz.rng.shuffle(plan)
     for what in plan:
         if what == "good":
             worklogs.add_good()
         elif what == "outside":
             worklogs.add_outside()
+        elif what == "blank":
+            worklogs.add_blank()
         else:
             worklogs.add_bad(1 if fz.rng.random() < 0.85 else 2)
     worklogs.settle(first_row=2 if fmt == "csv" else 1)
-    rows = worklogs.rows if fmt == "csv" else [_typed(r, fz) for r in worklogs.rows]
-    _write(folder, "worklogs", fmt, rows, WORKLOG_COLUMNS, fz)
+    rows = worklogs.rows if fmt == "csv" else [r if BLANK in r else _typed(r, fz) for r in worklogs.rows]
+    _write(folder, "worklogs", fmt, rows, WORKLOG_COLUMNS, fz, header)
 
     fmt = chosen["usage"]
     usage_rows = _usage(fz, expected, customers, bad_customers, 2000, 200, f"usage.{fmt}", 2 if fmt == "csv" else 1)
