@@ -215,7 +215,7 @@ def _tickets(fz: Fuzzer, customers: dict[str, str], n_good: int) -> tuple[list[d
                      "priority": fz.pick(["low", "normal", "high"]), "status": fz.pick(["open", "closed"]),
                      "created_at": created.strftime("%Y-%m-%dT%H:%M:%SZ"), "resolved_at": ""})  # fmt: skip
         if fz.rng.random() < 0.02:  # a date nobody checks the form of: no reason to refuse the ticket, nor to crash
-            rows[-1][fz.pick(["created_at", "resolved_at"])] = fz.pick(MALFORMED_TIMES + ["2026-10-05 10:00"])
+            rows[-1][fz.pick(["created_at", "resolved_at"])] = fz.pick([*MALFORMED_TIMES, "2026-10-05 10:00"])
         good.append(tid)
     future = (fz.now + timedelta(days=fz.rng.randint(1, 300))).strftime("%Y-%m-%dT%H:%M:%SZ")
     for number in range(n_good // 25):
