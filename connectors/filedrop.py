@@ -22,6 +22,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from billing.errors import ConfigurationError, InputError
+from billing.ledger.schema import WorkItem
 from billing.models import (
     ISSUE_COLUMNS,
     PERIOD_RE,
@@ -64,6 +65,12 @@ USAGE = EntitySchema(
 )
 TRUE_WORDS = {"true", "yes", "y", "1", ""}  # an empty "billable" means billable
 FALSE_WORDS = {"false", "no", "n", "0"}
+# The longest id the ledger keeps (billing/ledger/schema.py: work_items.source_id, customer_id, ticket_id).
+LEDGER_LENGTHS = {
+    "worklog_id": WorkItem.__table__.c.source_id.type.length,
+    "customer_id": WorkItem.__table__.c.customer_id.type.length,
+    "ticket_id": WorkItem.__table__.c.ticket_id.type.length,
+}
 MAX_MINUTES = 10**9  # beyond any real duration; keeps seconds well inside int64
 
 
@@ -86,15 +93,19 @@ def _find(folder: Path, entity: EntitySchema) -> Path:
     return found[0]
 
 
-def _read_json_records(path: Path, text: str, entity: EntitySchema) -> list[dict[str, Any]]:
+def _read_json_records(path: Path, text: str, entity: EntitySchema) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records, and the row each is on: its line in JSON Lines, its place in the array in JSON."""
     if path.suffix == ".jsonl":
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        records, lines = [], []
+        # Only "\n" ends a record: str.splitlines() would also split inside a string at U+2028, U+0085, \x1c ...,
+        # which JSON writes unescaped (ensure_ascii=False), and refuse the whole file.
+        for number, line in enumerate(text.split("\n"), start=1):
             if line.strip():
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise InputError(path, f"not valid JSON: {exc.msg} (column {exc.colno})", row=number) from None
+                lines.append(number)
         data: Any = records
     else:
         try:
@@ -105,10 +116,11 @@ def _read_json_records(path: Path, text: str, entity: EntitySchema) -> list[dict
             data = data[entity.name]
     if not isinstance(data, list):
         raise InputError(path, f"expected a JSON array of {entity.name} objects, found {type(data).__name__}")
-    for number, item in enumerate(data, start=1):
+    rows = lines if path.suffix == ".jsonl" else list(range(1, len(data) + 1))
+    for number, item in zip(rows, data, strict=True):
         if not isinstance(item, dict):
             raise InputError(path, f"expected an object, found {type(item).__name__}", row=number)
-    return data
+    return data, rows
 
 
 def _refuse_rows_with_extra_values(path: Path, text: str, width: int) -> None:
@@ -150,24 +162,26 @@ def read_table(path: Path, entity: EntitySchema) -> tuple[pd.DataFrame, list[str
         if repeated:
             raise InputError(path, f"column(s) {', '.join(repeated)} appear more than once in the header", line=1)
         try:
-            # index_col=False: a trailing comma on every row must not turn the first column into the index.
+            # index_col=False: a trailing comma on every row must not turn the first column into the index;
+            # usecols: nor may one on some rows only stop the file (pandas refuses a row longer than the first).
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", pd.errors.ParserWarning)  # extra empty fields: checked above
-                frame = pd.read_csv(
-                    StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False
-                )
+                # skip_blank_lines=False: pandas would skip a blank line, and every row after it would be
+                # reported one row too early; blank rows are left out below, after numbering.
+                frame = pd.read_csv(StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
+                                    index_col=False, usecols=range(len(header)), skip_blank_lines=False)  # fmt: skip
         except (pd.errors.ParserError, ValueError) as exc:
             raise InputError(path, f"not a well-formed CSV file: {exc}".replace("\n", " ")) from None
         frame.columns = [str(c).strip() for c in frame.columns]
-        first_row = 2  # spreadsheet numbering: the header is row 1
+        rows = np.arange(2, 2 + len(frame))  # spreadsheet numbering: the header is row 1
     else:
-        records = _read_json_records(path, text, entity)
+        records, json_rows = _read_json_records(path, text, entity)
+        rows = np.array(json_rows, dtype=np.int64)
         # Every value as text, as from a CSV, for one coercion path; null and a missing key are both empty.
         frame = pd.DataFrame({
             column: [_as_text(record.get(column)) for record in records]
             for column in dict.fromkeys(key for record in records for key in record)
         })  # fmt: skip
-        first_row = 1
     if frame.empty and len(frame.columns) == 0:
         raise InputError(path, "the file has no rows")
 
@@ -184,8 +198,12 @@ def read_table(path: Path, entity: EntitySchema) -> tuple[pd.DataFrame, list[str
     for column in entity.optional:
         if column not in frame.columns:
             frame[column] = ""
-    frame = frame[list(entity.columns)].apply(lambda col: col.str.strip())
-    frame["source_row"] = np.arange(first_row, first_row + len(frame))
+    frame = frame[list(entity.columns)].apply(lambda col: col.fillna("").str.strip())
+    frame["source_row"] = rows
+    # A row without a single value (a blank line, ",,,,", {}) is no row: nothing to bill or to quarantine.
+    blank = (frame[list(entity.columns)] == "").all(axis=1)
+    if blank.any():
+        frame = frame.loc[~blank].reset_index(drop=True)
     return frame, notes
 
 
@@ -195,6 +213,22 @@ def _issues(mask: pd.Series, frame: pd.DataFrame, field: str, problem: str, path
         "key": bad["key"], "source_file": path.name, "source_row": bad["source_row"],
         "field": field, "value": bad[field], "problem": problem,
     })  # fmt: skip
+
+
+# A start with a time and a zone: Z or an offset after the time (a date alone, or a local time, names no instant).
+ZONED = r"(?:T|\s)\d{2}(?::?\d{2}){0,2}(?:[.,]\d+)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)"
+YEARS = range(1970, 2200)  # beyond, a timestamp is a typo (and past 2262 it overflows pandas' nanoseconds)
+
+
+def _timestamps(text: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series, pd.Series]:
+    """The instants (UTC, NaT where not usable) and which values are unreadable, without a zone, or implausible."""
+    parsed = pd.to_datetime(text.replace("", None), utc=True, errors="coerce", format="ISO8601")
+    unreadable = parsed.isna() & (text != "")
+    no_zone = parsed.notna() & ~text.str.fullmatch(rf".*\d{ZONED}")
+    years = parsed.dt.year
+    implausible = parsed.notna() & ~no_zone & ((years < YEARS.start) | (years >= YEARS.stop))
+    usable = parsed.where(~(no_zone | implausible))
+    return usable.astype("datetime64[ns, UTC]"), unreadable, no_zone, implausible
 
 
 def _local_period(started_at: pd.Series, timezones: pd.Series) -> pd.Series:
@@ -259,10 +293,11 @@ class FileDropSource:
         tickets_path = _find(self.folder, TICKETS)
         tickets, more = read_table(tickets_path, TICKETS)
         notes += more
+        tickets["source_file"] = tickets_path.name  # so a ticket's reason names its file
         for column in ("created_at", "resolved_at"):
-            tickets[column] = pd.to_datetime(
-                tickets[column].replace("", None), utc=True, errors="coerce", format="ISO8601"
-            )
+            parsed = pd.to_datetime(tickets[column].replace("", None), utc=True, errors="coerce", format="ISO8601")
+            years = parsed.dt.year  # year 9999 at -14:00 is past any datetime: it must not reach a timezone
+            tickets[column] = parsed.where((years >= YEARS.start) & (years < YEARS.stop)).astype("datetime64[ns, UTC]")
         worklogs, issues, outside = self._worklogs(period, customers, notes)
         usage, usage_issues = self._usage(period, notes)
         return WorkBatch(
@@ -287,7 +322,7 @@ class FileDropSource:
         problems = [
             _issues(ids == "", frame, "record_id", "record_id is empty", path),
             _issues(day.isna(), frame, "occurred_on", "occurred_on is not a date (YYYY-MM-DD)", path),
-            _issues(~quantity.str.fullmatch(r"\d{1,12}(\.\d{1,3})?"), frame, "quantity",
+            _issues(~quantity.str.fullmatch(r"[0-9]{1,12}(\.[0-9]{1,3})?"), frame, "quantity",
                     "quantity is not a number of units (at most 3 decimals, not negative)", path),
         ]  # fmt: skip
         in_period = (day.dt.strftime("%Y-%m") == period) | day.isna()
@@ -332,24 +367,29 @@ class FileDropSource:
         frame, more = read_table(path, WORKLOGS)
         notes += more
         ids = frame["worklog_id"]
-        # A row without an id still gets a key of its own (file and row), so it is tracked and quarantined.
+        # What the ledger cannot hold (PostgreSQL refuses a value longer than its column, and the whole run
+        # with it) is an issue of the row, and left out of the row.
+        too_long = {column: frame[column].str.len() > LEDGER_LENGTHS[column] for column in LEDGER_LENGTHS}
+        # A row without a usable id still gets a key of its own (file and row), so it is tracked and quarantined.
         frame["key"] = np.where(
-            ids != "",
+            (ids != "") & ~too_long["worklog_id"],
             f"{SYSTEM}:{self.instance}:worklog:" + ids,
             f"{SYSTEM}:{self.instance}:worklog:@{path.name}:" + frame["source_row"].astype(str),
         )
         problems = [_issues(ids == "", frame, "worklog_id", "worklog_id is empty", path)]
+        for column, mask in too_long.items():
+            problems.append(_issues(mask, frame, column, f"{column} is longer than {LEDGER_LENGTHS[column]} "
+                                                         "characters", path))  # fmt: skip
+            frame.loc[mask, column] = ""
 
-        started = pd.to_datetime(frame["started_at"].replace("", None), utc=True, errors="coerce", format="ISO8601")
-        problems.append(
-            _issues(
-                started.isna() & (frame["started_at"] != ""),
-                frame,
-                "started_at",
-                "started_at is not an ISO 8601 timestamp",
-                path,
-            )
-        )
+        started, unreadable, no_zone, implausible = _timestamps(frame["started_at"])
+        problems += [
+            _issues(unreadable, frame, "started_at", "started_at is not an ISO 8601 timestamp", path),
+            _issues(no_zone, frame, "started_at",
+                    "started_at has no timezone (write Z or an offset, e.g. 2026-10-05T14:30:00+02:00)", path),
+            _issues(implausible, frame, "started_at", f"started_at is not in the years {YEARS.start}–{YEARS.stop - 1}",
+                    path),
+        ]  # fmt: skip
         minutes = pd.to_numeric(frame["duration_minutes"].replace("", None), errors="coerce")
         problems.append(
             _issues(

@@ -347,6 +347,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+SHOWN_CHARACTERS = 80  # of a long value in a reason: enough to find the row, not a copy of a pasted document
+
+
+def _text(value: Any) -> str:
+    """``repr`` of a value, cut short when it is long (the details keep it whole)."""
+    if isinstance(value, str) and len(value) > SHOWN_CHARACTERS:
+        return f"{value[:SHOWN_CHARACTERS]!r}… ({len(value)} characters)"
+    return repr(value)
+
+
 def _shown(check: Check, value: Any) -> str:
     """A failing value as the user wrote it: durations in minutes, empty as (empty)."""
     value = _plain(value)
@@ -354,7 +364,7 @@ def _shown(check: Check, value: Any) -> str:
         return "(empty)"
     if check.config["meta"].get("unit") == "minutes":
         return f"{value / 60:g}"
-    return repr(value)
+    return _text(value)
 
 
 def _where(record: Mapping[str, Any]) -> str:
@@ -380,7 +390,7 @@ def quarantine(
     parse_fields: set[tuple[str, str]] = set()
     for issue in (issues if issues is not None else pd.DataFrame()).to_dict("records"):  # few rows
         where = f"{issue['source_file']} row {issue['source_row']}"
-        reasons[issue["key"]].append(f"{issue['problem']}: {issue['value']!r} ({where})")
+        reasons[issue["key"]].append(f"{issue['problem']}: {_text(issue['value'])} ({where})")
         details[issue["key"]].append({"field": issue["field"], "value": issue["value"], "check": "parse"})
         parse_fields.add((issue["key"], issue["field"]))
 
@@ -396,7 +406,8 @@ def quarantine(
             key, value = record["key"], record.get(shown_column)
             if (key, check.field) in parse_fields:  # already explained by the parse problem
                 continue
-            if check.type == UNIQUE:  # a repeated id: one reason naming every row it is on
+            if check.type == UNIQUE:  # a repeated id: one reason naming the id's field and every row it is on
+                value = record["source_id"]
                 if not rows_of_key and "source_row" in frame:
                     rows_of_key = frame.groupby("key")["source_row"].agg(list).to_dict()
                 where = (
@@ -404,7 +415,7 @@ def quarantine(
                     if key in rows_of_key and record.get("source_file") is not None
                     else ""
                 )
-                reasons[key].append(f"{check.says}: {record['source_id']}{where}")
+                reasons[key].append(f"{check.says}: {check.field}={_text(record['source_id'])}{where}")
             else:
                 says = problems.get((check.column, value), check.says) if check.set_parameter else check.says
                 reasons[key].append(f"{says}: {check.field}={_shown(check, value)}{_where(record)}")

@@ -459,16 +459,20 @@ def worklog_files(draw: st.DrawFn) -> bytes:
 def _pandas_rows(data: bytes) -> pd.DataFrame | None:
     """The table pandas reads from the file, as read_table reads it; None if pandas cannot read it."""
     try:
+        text = data.decode("utf-8-sig")
+        width = len(next(csv.reader(StringIO(text, newline="")), []))
         with warnings.catch_warnings():  # the oracle reads as read_table does, quietly
             warnings.simplefilter("ignore", pd.errors.ParserWarning)
             frame = pd.read_csv(
-                StringIO(data.decode("utf-8-sig")),
+                StringIO(text),
                 dtype=str,
                 keep_default_na=False,
                 skipinitialspace=True,
                 index_col=False,
+                usecols=range(width),
+                skip_blank_lines=False,
             )
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+    except (UnicodeDecodeError, csv.Error, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError):
         return None
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
@@ -487,16 +491,18 @@ def test_any_worklogs_file_gives_a_batch_or_a_user_facing_error(export: Path, da
     assert frame is not None, "a file pandas cannot read must be an InputError"
     worklogs = batch.worklogs
     assert list(worklogs.columns) == list(WORKLOG_COLUMNS)
-    assert len(worklogs) + batch.outside_period == len(frame)
+    # A row without a single value (a blank line, ",,,,") is no row; the others keep their row numbers.
+    blank = (frame.fillna("").apply(lambda column: column.str.strip()) == "").all(axis=1).tolist()
+    assert len(worklogs) + batch.outside_period == blank.count(False)
     # Every row is accounted for once: none is dropped and no duplicate is collapsed into another.
     assert worklogs["source_row"].is_unique
-    assert set(worklogs["source_row"]) <= set(range(2, len(frame) + 2))
-    ids = frame["worklog_id"].str.strip()
+    assert set(worklogs["source_row"]) <= {n for n, b in enumerate(blank, start=2) if not b}
+    ids = frame["worklog_id"].fillna("").str.strip()
     expected = [PREFIX + i if i else f"{PREFIX}@worklogs.csv:{n}" for n, i in enumerate(ids, start=2)]
     for row in worklogs.itertuples():
         assert row.key == expected[row.source_row - 2]
     # A duplicated key is not collapsed: it appears once per row that carries it (all of them, if none is outside).
-    counts, wanted = Counter(worklogs["key"]), Counter(expected)
+    counts, wanted = Counter(worklogs["key"]), Counter(k for k, b in zip(expected, blank, strict=True) if not b)
     assert counts <= wanted
     if batch.outside_period == 0:
         assert counts == wanted
@@ -572,3 +578,115 @@ def test_a_usage_file_is_read_for_the_period_and_an_unreadable_one_stops_the_run
     with pytest.raises(InputError, match=r"usage\.csv") as raised:
         FileDropSource(export).check()
     assert "quantity" in str(raised.value)
+
+
+# --- bugs the fuzzed export (tests/faults/fuzz_rows.py) found, fixed ---
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x1c", "\x1e", "\x0b", "\x0c"])
+def test_json_lines_with_a_line_separator_inside_a_string_are_one_record_each(export: Path, separator: str) -> None:
+    # json.dumps(ensure_ascii=False) leaves U+2028, NEL ... unescaped; str.splitlines() split there.
+    records = [
+        {"worklog_id": "A", "customer_id": "ACME", "service_type": "consulting",
+         "started_at": "2026-10-05T10:00:00Z", "duration_minutes": 30, "note": f"one{separator}two"},
+        {"worklog_id": "B", "customer_id": "ACME", "service_type": "consulting",
+         "started_at": "2026-10-05T11:00:00Z", "duration_minutes": 30},
+    ]  # fmt: skip
+    (export / "worklogs.csv").unlink()
+    (export / "worklogs.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n",
+                                           encoding="utf-8")  # fmt: skip
+    batch = FileDropSource(export).extract()
+    assert batch.worklogs["source_id"].tolist() == ["A", "B"]
+    assert batch.worklogs["note"].tolist()[0] == f"one{separator}two"
+
+
+def test_json_lines_rows_are_their_line_numbers(export: Path) -> None:
+    line = '{"worklog_id": "%s", "customer_id": "ACME", "service_type": "consulting", ' \
+           '"started_at": "2026-10-05T10:00:00Z", "duration_minutes": "%s"}'  # fmt: skip
+    (export / "worklogs.csv").unlink()
+    (export / "worklogs.jsonl").write_text("\n".join([line % ("A", "30"), "", "  ", line % ("B", "1h")]) + "\n")
+    batch = FileDropSource(export).extract()
+    assert batch.worklogs["source_row"].tolist() == [1, 4]
+    assert batch.issues[["source_file", "source_row", "field"]].values.tolist() == [
+        ["worklogs.jsonl", 4, "duration_minutes"]]  # fmt: skip
+
+
+def test_a_trailing_comma_on_some_rows_only_is_harmless(export: Path) -> None:
+    # pandas refused the whole file ("Expected 5 fields in line 3, saw 6") for one row with an empty extra value.
+    (export / "worklogs.csv").write_text(
+        HEADER + "\nA,ACME,consulting,2026-10-05T10:00:00Z,30\nB,GLOBEX,consulting,2026-10-05T11:00:00Z,45,\n"
+        "C,ACME,consulting,2026-10-05T12:00:00Z,15\n",
+        encoding="utf-8",
+    )
+    batch = FileDropSource(export).extract()
+    assert batch.worklogs["source_id"].tolist() == ["A", "B", "C"]
+    assert batch.worklogs["raw_seconds"].tolist() == [1800, 2700, 900]
+    assert batch.issues.empty
+
+
+@pytest.mark.parametrize("started_at", ["2026-10-05T10:00:00", "2026-10-05 10:00", "2026-10-05"])
+def test_a_start_without_timezone_is_an_issue_not_a_guess(export: Path, started_at: str) -> None:
+    # Read as UTC before: a local time of a Berlin customer billed an hour off, at the month's edge in another period.
+    rows = f"\nA,ACME,consulting,{started_at},30\nB,ACME,consulting,2026-10-05T10:00:00+0200,30\n"
+    (export / "worklogs.csv").write_text(HEADER + rows, encoding="utf-8")
+    batch = FileDropSource(export).extract("2026-10")
+    assert batch.worklogs["source_id"].tolist() == ["A", "B"]  # kept in the period, to be quarantined
+    assert pd.isna(batch.worklogs["started_at"][0])
+    assert batch.worklogs["started_at"][1] == pd.Timestamp("2026-10-05T08:00:00Z")
+    issue = batch.issues.iloc[0]
+    assert (issue["key"], issue["source_row"], issue["field"], issue["value"]) == (PREFIX + "A", 2, "started_at",
+                                                                                   started_at)  # fmt: skip
+    assert issue["problem"].startswith("started_at has no timezone")
+
+
+@pytest.mark.parametrize("started_at", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00Z", "2262-04-12T00:00:00Z"])
+def test_a_start_in_an_impossible_year_is_an_issue_not_a_crash_nor_another_period(export: Path, started_at: str) -> None:  # noqa: E501
+    # 9999-12-31T23:59:59-14:00 is in year 10000 in UTC: the month in the customer's zone raised NotImplementedError;
+    # 0001-01-01 was silently another period's work.
+    (export / "worklogs.csv").write_text(HEADER + f"\nA,ACME,consulting,{started_at},30\n", encoding="utf-8")
+    batch = FileDropSource(export).extract("2026-10")
+    assert batch.worklogs["source_id"].tolist() == ["A"] and batch.outside_period == 0
+    assert batch.issues[["field", "value"]].values.tolist() == [["started_at", started_at]]
+    assert "not in the years" in batch.issues["problem"][0]
+
+
+def test_a_ticket_date_in_year_10000_is_no_crash_and_tickets_name_their_file(export: Path) -> None:
+    tickets = export / "tickets.csv"
+    tickets.write_text(tickets.read_text().replace("2026-09-25T09:37:00Z", "9999-12-31T23:59:59-14:00", 1))
+    batch = FileDropSource(export).extract("2026-10")
+    assert pd.isna(batch.tickets["created_at"][0])
+    assert set(batch.tickets["source_file"]) == {"tickets.csv"}
+
+
+def test_ids_longer_than_the_ledger_keeps_are_issues_and_left_out_of_the_row(export: Path) -> None:
+    # PostgreSQL refuses a value longer than its column (work_items.source_id 200, customer_id 100, ticket_id 200):
+    # one such row stopped the whole run at the ledger with a traceback.
+    long_id, long_customer, long_ticket = "W" * 201, "C" * 101, "T" * 201
+    (export / "worklogs.csv").write_text(
+        HEADER + f",ticket_id\nA,ACME,consulting,2026-10-05T10:00:00Z,30,T-1001\n"
+        f"{long_id},ACME,consulting,2026-10-05T11:00:00Z,30,T-1001\n"
+        f"B,{long_customer},consulting,2026-10-05T12:00:00Z,30,{long_ticket}\n",
+        encoding="utf-8",
+    )
+    batch = FileDropSource(export).extract()
+    worklogs = batch.worklogs
+    assert worklogs["key"].tolist() == [PREFIX + "A", PREFIX + "@worklogs.csv:3", PREFIX + "B"]
+    assert worklogs["source_id"].str.len().max() <= 200
+    assert worklogs["customer_id"].isna().tolist() == [False, False, True]
+    assert worklogs["ticket_id"].isna().tolist() == [False, False, True]
+    found = batch.issues[["key", "source_row", "field", "value", "problem"]].values.tolist()
+    assert found == [
+        [PREFIX + "@worklogs.csv:3", 3, "worklog_id", long_id, "worklog_id is longer than 200 characters"],
+        [PREFIX + "B", 4, "customer_id", long_customer, "customer_id is longer than 100 characters"],
+        [PREFIX + "B", 4, "ticket_id", long_ticket, "ticket_id is longer than 200 characters"],
+    ]
+
+
+@pytest.mark.parametrize("blank", ["", "   ", ",,,,", '""'])
+def test_a_blank_row_is_no_row_and_the_rows_after_it_keep_their_numbers(export: Path, blank: str) -> None:
+    # pandas skipped a blank line: every reason after it named the row above the bad one; ",,,," was a work item.
+    (export / "worklogs.csv").write_text(HEADER + f"\nA,ACME,consulting,2026-10-05T10:00:00Z,30\n{blank}\n"
+                                         "B,ACME,consulting,2026-10-05T11:00:00Z,1h\n\n", encoding="utf-8")  # fmt: skip
+    batch = FileDropSource(export).extract()
+    assert batch.worklogs[["source_id", "source_row"]].values.tolist() == [["A", 2], ["B", 4]]
+    assert batch.issues[["source_row", "field"]].values.tolist() == [[4, "duration_minutes"]]

@@ -44,7 +44,7 @@ def test_the_sample_bad_rows_are_quarantined_with_their_reasons() -> None:
     assert reasons == {
         "WL-00501": "duration must be more than 0 and at most 24 hours: duration_minutes=-30 (worklogs.csv row 47)",
         "WL-00502": "duration must be more than 0 and at most 24 hours: duration_minutes=2000 (worklogs.csv row 113)",
-        "WL-00123": "the work log id appears more than once: WL-00123 (worklogs.csv rows 126 and 346)",
+        "WL-00123": "the work log id appears more than once: worklog_id='WL-00123' (worklogs.csv rows 126 and 346)",
         "WL-00503": "unknown customer: customer_id='HOOLI' (worklogs.csv row 179)",
         "WL-00504": "unknown service type (not in the rules file): service_type='gardening' (worklogs.csv row 245)",
         "WL-00505": "started_at is not an ISO 8601 timestamp: '2026-10-3xT10:00:00Z' (worklogs.csv row 311)",
@@ -172,7 +172,7 @@ def test_customer_suite() -> None:
     outcome = validate_customers(frame)
     reasons = dict(zip(outcome.quarantined["key"], outcome.quarantined["reason"], strict=True))
     assert reasons == {
-        "B": "the customer id appears more than once: B",
+        "B": "the customer id appears more than once: customer_id='B'",
         "C": "name is empty: name=''; unknown timezone (expected an IANA name such as Europe/Berlin): "
              "timezone='Mars/Olympus'",
         "D": "currency is not an ISO 4217 code we bill in: currency='EURO'",
@@ -189,7 +189,7 @@ def test_ticket_suite() -> None:
     })  # fmt: skip
     outcome = validate_tickets(tickets, ["A"], NOW)
     reasons = dict(zip(outcome.quarantined["key"], outcome.quarantined["reason"], strict=True))
-    assert reasons["T-2"] == "the ticket id appears more than once: T-2 (tickets rows 3 and 4)"
+    assert reasons["T-2"] == "the ticket id appears more than once: ticket_id='T-2' (tickets rows 3 and 4)"
     assert reasons["T-3"] == "unknown customer: customer_id='ZED' (tickets row 5)"
     assert reasons["T-4"].startswith("created_at is in the future: created_at='2026-12-24T10:00:00+00:00'")
     assert "resolved_at is in the future" in reasons["T-4"]
@@ -219,7 +219,7 @@ def usage_rows(**changes: list[object]) -> pd.DataFrame:
     ("occurred_on", "2026-02-30", "occurred_on is not a date (YYYY-MM-DD): occurred_on='2026-02-30'"),
     ("occurred_on", "2026-09-30", "occurred_on is outside the billing period: occurred_on='2026-09-30'"),
     ("occurred_on", "2026-11-30", "occurred_on is in the future: occurred_on='2026-11-30'"),
-    ("source_id", "U-0", "the usage record id appears more than once: U-0"),
+    ("source_id", "U-0", "the usage record id appears more than once: record_id='U-0'"),
 ])  # fmt: skip
 def test_usage_suite(column: str, value: object, reason: str) -> None:
     frame = usage_rows()
@@ -327,3 +327,37 @@ def test_a_draft_whose_line_is_not_quantity_times_unit_price_is_refused() -> Non
     assert [(p.customer_id, p.reason) for p in problems] == [
         ("WRONG", "the total is not the sum of its lines' quantity × unit price: total_minor=1600")
     ]
+
+
+# --- bugs the fuzzed export (tests/faults/fuzz_rows.py) found, fixed ---
+
+
+def test_a_usage_record_without_an_id_is_quarantined_naming_record_id() -> None:
+    # The connector's "record_id is empty" issue never reaches the usage suite: the row was billed under "@usage.csv:3".
+    frame = usage_rows()
+    frame.loc[1, ["source_id", "key"]] = ["", "files:x:usage:@usage.csv:3"]
+    outcome = validate_usage(frame, ["ACME"], ["storage_gb"], "2026-10", NOW)
+    assert outcome.quarantined["key"].tolist() == ["files:x:usage:@usage.csv:3"]
+    assert outcome.quarantined["reason"][0] == "record_id is empty: record_id='' (usage.csv row 3)"
+
+
+@pytest.mark.parametrize("quantity", ["١٢", "１２", "12.٥", "1234567890123"])
+def test_a_usage_quantity_in_other_digits_or_too_long_is_quarantined(quantity: str) -> None:
+    # The regex's \d matched any Unicode digit, and Decimal("١٢") is 12: such a quantity was billed.
+    frame = usage_rows()
+    frame.loc[1, "quantity"] = quantity
+    outcome = validate_usage(frame, ["ACME"], ["storage_gb"], "2026-10", NOW)
+    assert outcome.quarantined["reason"].tolist() == [
+        f"quantity is not a non-negative number with at most 3 decimals: quantity={quantity!r} (usage.csv row 3)"]
+
+
+def test_a_long_value_is_cut_short_in_the_reason_and_kept_whole_in_the_details() -> None:
+    # A pasted document as the customer id made a reason (and the run summary) of 20,000 characters.
+    frame = FileDropSource(SAMPLE).extract().worklogs.head(3).copy()
+    frame["customer_id"] = frame["customer_id"].astype(object)
+    frame.loc[1, "customer_id"] = "x" * 20_000
+    outcome = outcome_for(frame)
+    reason = outcome.quarantined["reason"][0]
+    # row 5: the first row of October
+    assert reason == f"unknown customer: customer_id={'x' * 80!r}… (20000 characters) (worklogs.csv row 5)"
+    assert outcome.quarantined["details"][0][0]["value"] == "x" * 20_000
