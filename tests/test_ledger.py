@@ -155,3 +155,18 @@ def test_a_rerun_replaces_its_own_unposted_draft_and_reclaims_the_work(ledger: L
     ledger.save_drafts("2026-10", [draft("A", "B")], actor="t")  # late work: the unposted draft grows
     assert ledger.drafts("2026-10")[0].total_minor == 2000
     assert ledger.work_items("2026-10")["line_id"].notna().all()
+
+
+def test_billed_is_final_whatever_a_slower_run_does_later(ledger: Ledger) -> None:
+    """A run that read the items before another posted them must not move them back (it used to price them
+    again, so the next run drafted them again)."""
+    ledger.register(items(("A", "h"), ("B", "h")), actor="t")
+    first = draft("A")
+    ledger.save_drafts("2026-10", [first], actor="run-a")
+    approve(ledger, first)
+    post(ledger, first)
+    ledger.set_state(["files:x:worklog:A", "files:x:worklog:B"], WorkState.PRICED, actor="run-b")
+    approve(ledger, first, who="run-b")  # a late decision on a posted draft changes nothing either
+    states = ledger.work_items("2026-10").set_index("source_id")["state"].to_dict()
+    assert states == {"A": WorkState.POSTED, "B": WorkState.PRICED}
+    assert ledger.draft_states([first.key]) == {first.key: DraftState.POSTED}

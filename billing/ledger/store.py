@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import Engine, Update, and_, create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from billing.errors import UserFacingError
@@ -38,6 +38,15 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 CHUNK = 500  # keys per IN (...) clause: SQLite allows 32k parameters, PostgreSQL 65k
 DERIVED = {"_hash", *InvoiceDraft.model_computed_fields}  # stored for readers, recomputed on load
 UNPOSTED_DRAFT_STATES = (DraftState.DRAFTED, DraftState.APPROVED, DraftState.REJECTED)
+
+
+def _unbilled_only(statement: Update) -> Update:
+    """Billed is final: no later stage of any run moves a work item out of posted or reconciled (another run
+    of the period may have posted it since this one read it). Plain comparisons, so it works per row of an
+    executemany too."""
+    return statement.where(and_(*(WorkItem.state != s.value for s in BILLED_STATES))).execution_options(
+        synchronize_session=None
+    )
 
 
 def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -206,7 +215,7 @@ class Ledger:
             again = items[prior_state.notna() & ~billed]
             if len(again):
                 session.execute(
-                    update(WorkItem),
+                    _unbilled_only(update(WorkItem)),
                     [
                         {
                             "key": r.key,
@@ -264,7 +273,7 @@ class Ledger:
         now = utcnow()
         with self.session() as session:
             session.execute(
-                update(WorkItem),
+                _unbilled_only(update(WorkItem)),
                 [
                     {"key": k, "state": state.value, "reason": r, "details": d, "updated_at": now}
                     for k, r, d in zip(keys, reasons, details, strict=True)
@@ -474,11 +483,13 @@ class Ledger:
                     )
                 )
                 session.execute(
-                    update(InvoiceDraftRow).where(InvoiceDraftRow.key == d.draft_key).values(state=decision.value)
+                    update(InvoiceDraftRow)
+                    .where(InvoiceDraftRow.key == d.draft_key, InvoiceDraftRow.state != DraftState.POSTED.value)
+                    .values(state=decision.value)
                 )
                 item_state = WorkState.APPROVED if d.approved else WorkState.DRAFTED
                 session.execute(
-                    update(WorkItem)
+                    _unbilled_only(update(WorkItem))
                     .where(
                         WorkItem.line_id.in_(select(InvoiceLineRow.id).where(InvoiceLineRow.draft_key == d.draft_key))
                     )
