@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -171,3 +176,62 @@ def _raw_insert(ledger: Ledger) -> Iterator[Callable[[Any], None]]:
                             .values(state=DraftState.POSTED.value))  # fmt: skip
 
         yield insert_draft
+
+
+# -- as users meet it: two `ticket-to-invoice run` processes on one home -----------------------------------
+
+
+def start_cli(env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
+    out.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "billing.cli", "run", "--json"],
+        env=os.environ | env, stdin=subprocess.DEVNULL,
+        stdout=(out / "stdout.json").open("wb"), stderr=(out / "stderr.log").open("wb"),
+    )  # fmt: skip
+
+
+def two_runs(env: dict[str, str], tmp_path: Path, apart: float) -> list[dict[str, Any]]:
+    """Two runs of one period on one home, the second started ``apart`` seconds after the first."""
+    first = start_cli(env, tmp_path / "a")
+    time.sleep(apart)
+    second = start_cli(env, tmp_path / "b")
+    answers = []
+    for name, process in (("a", first), ("b", second)):
+        assert process.wait(timeout=600) == 0, (tmp_path / name / "stderr.log").read_text()[-3000:]
+        assert "Traceback" not in (tmp_path / name / "stderr.log").read_text()
+        answers.append(json.loads((tmp_path / name / "stdout.json").read_text()))
+    assert sum(a["new_postings"] for a in answers) == len(answers[0]["invoices"])
+    assert all(a["reconcile"]["duplicates"] == [] and a["reconcile"]["mismatches"] == [] for a in answers)
+    return answers
+
+
+@pytest.mark.parametrize("apart", [0, 3])
+def test_two_processes_on_a_new_home_post_each_invoice_once(tmp_path: Path, apart: float) -> None:
+    """As the acceptance check does it: the files ERP, each process with its own temporary Prefect server on
+    one new Prefect home (they used to race on its migrations and print a traceback)."""
+    home = tmp_path / "home"
+    env = {"TICKET_TO_INVOICE_HOME": str(home), "TICKET_TO_INVOICE_ERP": "files", "PREFECT_HOME": str(home / "p")}
+    answers = two_runs(env, tmp_path, apart)
+    assert len(answers[0]["invoices"]) == 4
+    assert_billed_once(home)
+
+
+@pytest.mark.parametrize("apart", [0, 3])
+def test_two_processes_post_into_one_tryton_once(tryton: Any, tmp_path: Path, apart: float) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.test_tryton_faults import small_export
+
+    export, customers = small_export(tmp_path / "export", uuid.uuid4().hex[:8])
+    env = {
+        "TICKET_TO_INVOICE_HOME": str(tmp_path / "home"), "TICKET_TO_INVOICE_INPUT_DIR": str(export),
+        "TICKET_TO_INVOICE_ERP": "tryton", "TICKET_TO_INVOICE_TRYTON_URL": tryton.url,
+        "TICKET_TO_INVOICE_TRYTON_DATABASE": tryton.database, "TICKET_TO_INVOICE_TRYTON_USER": tryton.user,
+        "TICKET_TO_INVOICE_TRYTON_PASSWORD": tryton.password, "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+    }  # fmt: skip
+    answers = two_runs(env, tmp_path, apart)
+    keys = [i["key"] for i in answers[0]["invoices"]]
+    assert len(keys) == len(customers)
+    found = tryton.rpc().model("account.invoice", "search_read", [["reference", "in", keys]], 0, None, None,
+                               ["reference", "state"])  # fmt: skip
+    assert sorted((f["reference"], f["state"]) for f in found) == sorted((k, "posted") for k in keys)
