@@ -236,3 +236,19 @@ def test_bad_input_after_a_good_run_leaves_the_ledger_as_it_was(tmp_path: Path) 
         items, drafts, audit = snapshot()  # nothing already in the ledger lost or changed
         pd.testing.assert_frame_equal(items, before[0])
         assert (drafts, audit) == before[1:]
+
+
+def test_a_bad_option_or_setting_is_named_before_anything_is_written(tmp_path: Path) -> None:
+    home = tmp_path / "var"
+    cases = [
+        (("run", "--period", "2026-13"), {}, "--period: '2026-13' is not valid: a billing period is a month"),
+        (("price", "--period", "Oct 2026"), {}, "--period: 'Oct 2026' is not valid"),
+        (("run",), {"TICKET_TO_INVOICE_MAX_FAILURE_RATE": "3"}, "TICKET_TO_INVOICE_MAX_FAILURE_RATE (or"),
+        (("run",), {"TICKET_TO_INVOICE_PERIOD": "2026-1"}, "TICKET_TO_INVOICE_PERIOD (or 'period' in"),
+    ]
+    for args, env, says in cases:
+        result = cli(home, *args, **env)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert says in " ".join(result.stderr.split()), result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+    assert not home.exists()
