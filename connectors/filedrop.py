@@ -178,10 +178,9 @@ def read_table(path: Path, entity: EntitySchema) -> tuple[pd.DataFrame, list[str
         records, json_rows = _read_json_records(path, text, entity)
         rows = np.array(json_rows, dtype=np.int64)
         # Every value as text, as from a CSV, for one coercion path; null and a missing key are both empty.
-        frame = pd.DataFrame({
-            column: [_as_text(record.get(column)) for record in records]
-            for column in dict.fromkeys(key for record in records for key in record)
-        })  # fmt: skip
+        # ``[]`` is a table with no rows (a helpdesk with nothing this month), as a CSV of a header only is.
+        columns = dict.fromkeys(key for record in records for key in record) if records else entity.columns
+        frame = pd.DataFrame({column: [_as_text(record.get(column)) for record in records] for column in columns})
     if frame.empty and len(frame.columns) == 0:
         raise InputError(path, "the file has no rows")
 

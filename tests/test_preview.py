@@ -116,3 +116,12 @@ def test_a_milestone_resolved_before_the_period_is_named_not_swept_in(
     assert any(li["description"].startswith("Milestone initech-sso-rollout") for li in october["lines"])
     november = preview(Settings(home=home, input_dir=export, rules_file=AGREEMENTS), "2026-11")
     assert not any("milestone" in n for n in november["notes"])  # billed now: nothing to say
+
+
+def test_an_export_with_no_rows_at_all_is_a_clean_run(price_then_run: Callable[..., dict[str, Any]],
+                                                       export: Path) -> None:  # fmt: skip
+    for name in ("tickets.csv", "worklogs.csv"):
+        (export / name).write_text((export / name).read_text().splitlines()[0] + "\n")
+    (export / "customers.json").write_text("[]")  # a JSON table with no rows, as a CSV of a header only
+    shown = price_then_run(export, DEMO_RULES)
+    assert shown["drafts"] == [] and shown["quarantined"] == []
