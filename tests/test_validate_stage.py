@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from billing.ledger import Ledger
+from billing.ledger import Ledger, WorkState
 from billing.settings import Settings
 from rules.quality import QualityGateError
 from tasks.extract import extract_work
@@ -69,6 +69,23 @@ def test_too_many_failures_stop_the_run_after_quarantining_them(settings: Settin
     assert set(items.loc[items["state"] == "quarantined", "source_id"]) == BAD_ROWS
     assert items.loc[items["state"] == "quarantined", "reason"].str.contains("worklogs.csv row").all()
     assert set(items["state"]) == {"extracted", "quarantined"}  # the rest wait, unpriced, for the next run
+
+
+def test_a_rerun_of_a_billed_period_is_judged_against_the_whole_period(settings: Settings) -> None:
+    """Once the good rows are billed, a rerun checks only the 9 bad ones: 9 of 9 used to stop it (100 %)."""
+    settings = settings.model_copy(update={"max_failure_rate": 0.05})
+    validate_batch(settings, extract_work(settings, "2026-10"), NOW)  # 9 of 504: 1.8 %
+    ledger = Ledger(settings.resolved_ledger_url)
+    items = ledger.work_items("2026-10")
+    ledger.set_state(items.loc[items["state"] != "quarantined", "key"].tolist(), WorkState.POSTED, actor="test")
+
+    rerun = extract_work(settings, "2026-10")
+    assert len(rerun.worklogs) == 9  # what is left to do: the bad rows (one of them twice)
+    validated = validate_batch(settings, rerun, NOW)  # 9 failing of the period's 503 work items
+    assert validated.worklogs.empty
+    strict = settings.model_copy(update={"max_failure_rate": 0.01})
+    with pytest.raises(QualityGateError, match="suite 'worklogs': 9 of 503 rows failed"):
+        validate_batch(strict, extract_work(strict, "2026-10"), NOW)
 
 
 def test_the_failure_rate_setting_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
