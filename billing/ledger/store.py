@@ -9,12 +9,25 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Update, and_, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import (
+    CursorResult,
+    Engine,
+    Update,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from billing.errors import UserFacingError
@@ -381,13 +394,13 @@ class Ledger:
         keys = sorted({k for d in drafts for line in d.lines for k in line.work_item_keys})
         claimed = 0
         for chunk in _chunks(keys):
-            claimed += session.execute(
+            claimed += cast(CursorResult[Any], session.execute(
                 update(WorkItem)
                 .where(WorkItem.key.in_(chunk), WorkItem.line_id.is_(None),
                        WorkItem.state.not_in([s.value for s in BILLED_STATES]))
                 .values(state=WorkState.DRAFTED.value, updated_at=utcnow())
                 .execution_options(synchronize_session=False)
-            ).rowcount  # fmt: skip
+            )).rowcount  # fmt: skip
         if claimed == len(keys):
             return
         held: list[tuple[str, str | None, str]] = []
