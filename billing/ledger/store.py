@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,7 +27,9 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from billing.errors import UserFacingError
 from billing.ledger.locks import Lease, hold
@@ -68,29 +69,36 @@ def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the ledger's schema to the newest Alembic revision. Two processes opening a new ledger at once
-    take turns (a file lock beside a SQLite file, an advisory lock on PostgreSQL): the second finds it done."""
+    """Bring the ledger's schema to the newest Alembic revision, all of it in one transaction: a process killed
+    half-way leaves the ledger as it was, and two processes opening a new ledger at once take turns (an
+    immediate transaction on SQLite, an advisory lock on PostgreSQL): the second finds it done."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with _one_migration_at_a_time(engine), engine.begin() as connection:
+    if engine.dialect.name == "sqlite":
+        engine = _transactional_sqlite(engine.url)
+    with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(7210442)"))  # any constant of our own
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
 
 
-@contextmanager
-def _one_migration_at_a_time(engine: Engine) -> Iterator[None]:
-    database = engine.url.database if engine.dialect.name == "sqlite" else None
-    if not database or database == ":memory:":
-        yield
-        return
-    with open(f"{database}.migrate-lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _transactional_sqlite(url: URL) -> Engine:
+    """An engine whose transactions are SQLite's own (``BEGIN IMMEDIATE`` … ``COMMIT``), DDL included: Python's
+    sqlite3 commits each CREATE TABLE by itself otherwise, and a kill between two left tables without a schema
+    version that no later run could migrate."""
+    engine = create_engine(url, poolclass=NullPool)
+
+    @event.listens_for(engine, "connect")
+    def _own_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # the driver issues no BEGIN of its own
+        dbapi_connection.execute("PRAGMA busy_timeout=30000")
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")  # the writer's lock at once: a second migrator waits here
+
+    return engine
 
 
 @cache
