@@ -24,7 +24,7 @@ from tests.faults.kill_trials import (
     TrytonReader,
     Zygote,
     as_json,
-    tagged_export,
+    small_export,
     zygote_environment,
 )
 
@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.integration]
 
 FILES_TRIALS = 50
 TRYTON_TRIALS = 10
-FILES_KINDS = {"uniform": 0.6, "post": 0.2, "erp-write": 0.2}
+FILES_KINDS = {"uniform": 0.5, "post": 0.15, "erp-write": 0.2, "new-ledger": 0.15}
 TRYTON_KINDS = {"uniform": 0.6, "post": 0.4}
 PARALLEL = 2  # both cores; Tryton series one at a time (see there)
 
@@ -118,7 +118,7 @@ def test_kill_9_at_random_points_with_tryton_then_a_rerun_posts_every_invoice_on
     # One trial at a time: each trial has a ledger of its own, so nothing serializes two trials' posts into
     # the one Tryton (and Tryton on SQLite numbers invoices twice under concurrent posts).
     erp = TrytonReader(tryton.url, tryton.database, tryton.user, tryton.password)
-    series = Series("tryton", zygote, erp, tmp_path, lambda folder, tag: tagged_export(folder, tag))
+    series = Series("tryton", zygote, erp, tmp_path, small_export)
     result = series.run(TRYTON_TRIALS, TRYTON_KINDS, parallel=1)
     summary = report(result, tmp_path)
     replay = f"replay with KILL_SEED={result.seed} (KILL_ONLY=<trial> for one); evidence under {tmp_path}"

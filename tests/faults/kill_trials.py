@@ -11,11 +11,12 @@ stages finished (from Prefect's log lines) set the kill points, and its result i
 must end with: the same invoices (key, untaxed, tax, gross), the same billed work items, the same counts.
 Then each trial, in a home of its own:
 
-1. starts a run and kills it with SIGKILL, at one of three kinds of moments drawn from ``random.Random(seed)``:
+1. starts a run and kills it with SIGKILL, at one of four kinds of moments drawn from ``random.Random(seed)``:
    ``uniform``: ``U(0, T)`` after the fork; ``post``: ``U(0, W)`` after the log says the approval stage
    finished (``W``: how long the calibration's post stage took), so inside the post stage; ``erp-write``
    (files ERP): ``U(0, 40 ms)`` after the first invoice file appears, so between the ERP write and the ledger
-   record;
+   record; ``new-ledger``: ``U(0, 300 ms)`` after the home's ledger file appears, so while the first run of a
+   home creates the ledger's tables;
 2. notes what the killed run left: the last stage its log reached, and invoices in the ERP that the ledger does
    not record as posted yet (``erp_ahead``: the kill fell between the ERP write and the ledger record);
 3. runs again (not killed) in the same home, and checks: exit 0 and no traceback; exactly one ERP invoice per
@@ -202,9 +203,11 @@ class Zygote:
 # -- exports and ERPs --------------------------------------------------------------------------------------------
 
 
-def tagged_export(folder: Path, tag: str, customers: tuple[str, ...] = ("GLOBEX",)) -> tuple[Path, list[str]]:
+def tagged_export(
+    folder: Path, tag: str, customers: tuple[str, ...] = ("GLOBEX",), worklogs: int | None = None
+) -> tuple[Path, list[str]]:
     """Some customers of the sample export, renamed ``<id>-<tag>``: every export bills invoices of its own in a
-    shared ERP."""
+    shared ERP. ``worklogs``: keep only the first so many work-log rows (a smaller invoice posts faster)."""
     folder.mkdir(parents=True)
     shutil.copy(SAMPLE / "manifest.json", folder / "manifest.json")
     chosen = [c for c in json.loads((SAMPLE / "customers.json").read_text()) if c["customer_id"] in customers]
@@ -214,8 +217,18 @@ def tagged_export(folder: Path, tag: str, customers: tuple[str, ...] = ("GLOBEX"
     for name in ("tickets.csv", "worklogs.csv"):
         header, *rows = (SAMPLE / name).read_text().splitlines()
         kept = [row.replace(f",{c},", f",{c}-{tag},") for row in rows for c in customers if f",{c}," in row]
+        if name == "worklogs.csv" and worklogs is not None:
+            kept = kept[:worklogs]
         (folder / name).write_text("\n".join([header, *kept]) + "\n")
     return folder, [c["customer_id"] for c in chosen]
+
+
+SMALL_EXPORT_WORKLOGS = 15  # one invoice of about a dozen lines: Tryton posts it in seconds, not twenty
+
+
+def small_export(folder: Path, tag: str) -> tuple[Path, list[str]]:
+    """The export of the Tryton series: GLOBEX, tagged, its first work logs only."""
+    return tagged_export(folder, tag, worklogs=SMALL_EXPORT_WORKLOGS)
 
 
 @dataclass
@@ -611,8 +624,8 @@ class Series:
             f"{'OK' if not result.problems else 'FAILED: ' + '; '.join(result.problems)}"
         )
         self.say(line)
-        if not result.problems:
-            shutil.rmtree(folder, ignore_errors=True)  # Data Docs are megabytes per run; a failure's stay
+        if not result.problems:  # Data Docs are megabytes per run: a passed trial keeps its logs and ledger only
+            shutil.rmtree(home / "data-docs", ignore_errors=True)
         return result
 
     def _kill_at(self, kind: str, draw: float, child: Child, home: Path, log: Path, reference: Reference) -> float:
@@ -626,6 +639,9 @@ class Series:
         elif kind == "erp-write":
             after = self._wait_for(child, lambda: self.erp.written(home), poll=0.002)
             target = after + draw * 0.04
+        elif kind == "new-ledger":
+            after = self._wait_for(child, (home / "ledger.db").exists, poll=0.002)
+            target = after + draw * 0.3
         else:
             raise ValueError(kind)
         time.sleep(max(0.0, target - time.time()))
@@ -746,9 +762,12 @@ class Series:
         if only := os.environ.get("KILL_ONLY"):
             chosen = {int(n) for n in only.split(",")}
             plan = [p for p in plan if p[0] in chosen]
-        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix=f"{self.name}-trial") as pool:
+        pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix=f"{self.name}-trial")
+        try:
             futures = [pool.submit(self.trial, n, kind, draw, reference) for n, kind, draw in plan]
             results = [f.result() for f in futures]
+        finally:  # interrupted (Ctrl-C, a timeout): the trials not started yet are not started
+            pool.shutdown(wait=True, cancel_futures=True)
         return SeriesResult(
             series=self.name,
             seed=seed,
