@@ -371,12 +371,16 @@ class LedgerView:
     postings: dict[str, tuple[str, int, int, int]]  # draft key → erp number, untaxed, tax, gross
     items_on_drafts: dict[str, list[str]]  # work item key → posted drafts whose lines carry it
     leases: list[str]
+    schema: str = "none"  # no ledger file; "half-made": tables but no schema version; else the Alembic version
 
     @classmethod
     def read(cls, home: Path) -> LedgerView:
         with ledger_copy(home) as connection:
             if connection is None:
                 return cls({}, {}, {}, {}, [])
+            tables = _rows(connection, "SELECT name FROM sqlite_master WHERE type = 'table'")
+            version = _rows(connection, "SELECT version_num FROM alembic_version")
+            schema = version[0][0] if version else "half-made" if tables else "empty"
             on: dict[str, list[str]] = {}
             for item, draft in _rows(
                 connection,
@@ -398,6 +402,7 @@ class LedgerView:
                     f"{name} held by {holder}"
                     for name, holder in _rows(connection, "SELECT name, holder FROM run_locks")
                 ],
+                schema=schema,
             )
 
     @property
@@ -447,6 +452,7 @@ class TrialResult:
     killed: bool
     stage: str  # the last stage the killed run's log reached
     erp_ahead: int  # invoices in the ERP the ledger did not record as posted when the run was killed
+    ledger_left: str  # the killed run's ledger: none, empty, half-made (tables, no version) or its version
     exit_code: int | None
     seconds: float
     killed_run_seconds: float
@@ -492,6 +498,7 @@ class SeriesResult:
             "stages_reached": dict(reached),
             "kills_in_posting": sum(t.in_posting for t in self.trials),
             "kills_erp_ahead_of_ledger": sum(t.erp_ahead > 0 for t in self.trials),
+            "kills_leaving_a_half_made_ledger": sum(t.ledger_left == "half-made" for t in self.trials),
             "duplicates": sum(t.duplicates for t in self.trials),
             "items_lost": sum(t.items_lost for t in self.trials),
             "failed_trials": sum(bool(t.problems) for t in self.trials),
@@ -607,6 +614,7 @@ class Series:
             killed=killed,
             stage=stage,
             erp_ahead=erp_ahead,
+            ledger_left=before.schema,
             exit_code=(finished or {}).get("exit_code"),
             seconds=0.0,
             killed_run_seconds=killed_run,
@@ -619,7 +627,8 @@ class Series:
         line = (
             f"{self.name} trial {number:3d}: {kind:9s} delay {result.delay:6.3f} s, "
             f"{'killed after ' + stage if killed else 'finished before the kill'}"
-            f"{f', {erp_ahead} invoice(s) in the ERP ahead of the ledger' if erp_ahead else ''}; "
+            f"{f', {erp_ahead} invoice(s) in the ERP ahead of the ledger' if erp_ahead else ''}"
+            f"{', the ledger half-made' if before.schema == 'half-made' else ''}; "
             f"rerun exit {result.exit_code} in {rerun_seconds:.1f} s; "
             f"{'OK' if not result.problems else 'FAILED: ' + '; '.join(result.problems)}"
         )
