@@ -642,7 +642,7 @@ class Series:
         if kind == "uniform":
             target = child.forked_at + draw * reference.seconds
         elif kind == "post":
-            window = reference.window("approval-policy", "post") * 1.2
+            window = reference.window("approval-policy", "post")
             after = self._wait_for(child, lambda: any(s == "approval-policy" for s, _ in stages(log, child.forked_at)))
             target = after + draw * window
         elif kind == "erp-write":
