@@ -125,4 +125,4 @@ def test_kill_9_at_random_points_with_tryton_then_a_rerun_posts_every_invoice_on
     assert not result.problems, "\n".join([*result.problems, replay])
     assert summary["duplicates"] == 0 and summary["items_lost"] == 0, replay
     if not os.environ.get("KILL_ONLY"):
-        assert summary["kills"] >= 0.7 * TRYTON_TRIALS, summary  # a post-stage kill may come after the end
+        assert summary["kills"] >= 0.6 * TRYTON_TRIALS, summary  # a run faster than the calibration may end first
