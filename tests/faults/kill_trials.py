@@ -371,16 +371,16 @@ class LedgerView:
     postings: dict[str, tuple[str, int, int, int]]  # draft key → erp number, untaxed, tax, gross
     items_on_drafts: dict[str, list[str]]  # work item key → posted drafts whose lines carry it
     leases: list[str]
-    schema: str = "none"  # no ledger file; "half-made": tables but no schema version; else the Alembic version
+    schema: str = "none"  # no ledger file; "empty"; "half-made": tables but no schema version; else its version
 
     @classmethod
     def read(cls, home: Path) -> LedgerView:
         with ledger_copy(home) as connection:
             if connection is None:
                 return cls({}, {}, {}, {}, [])
-            tables = _rows(connection, "SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = {n for (n,) in _rows(connection, "SELECT name FROM sqlite_master WHERE type = 'table'")}
             version = _rows(connection, "SELECT version_num FROM alembic_version")
-            schema = version[0][0] if version else "half-made" if tables else "empty"
+            schema = version[0][0] if version else "half-made" if tables - {"alembic_version"} else "empty"
             on: dict[str, list[str]] = {}
             for item, draft in _rows(
                 connection,
