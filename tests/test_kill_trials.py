@@ -126,3 +126,39 @@ def test_kill_9_at_random_points_with_tryton_then_a_rerun_posts_every_invoice_on
     assert summary["duplicates"] == 0 and summary["items_lost"] == 0, replay
     if not os.environ.get("KILL_ONLY"):
         assert summary["kills"] >= 0.6 * TRYTON_TRIALS, summary  # a run faster than the calibration may end first
+
+
+KILLED_WHILE_MIGRATING = """
+import os, sys
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+made = 0
+
+
+@event.listens_for(Engine, "after_cursor_execute")
+def die_after_the_third_table(connection, cursor, statement, *_):
+    global made
+    if statement.lstrip().upper().startswith("CREATE TABLE"):
+        made += 1
+        if made == 3:
+            os._exit(9)  # what kill -9 does at this point: nothing more runs
+
+
+from billing.ledger import Ledger
+
+Ledger(f"sqlite:///{sys.argv[1]}")
+"""
+
+
+def test_a_run_killed_while_it_creates_the_ledger_leaves_a_ledger_the_next_run_can_open(tmp_path: Path) -> None:
+    """The kill point the trials' ``new-ledger`` kind aims at, made exact: the first run of a home dies after
+    the third CREATE TABLE of the ledger's first migration. The next run must open (and finish) the ledger."""
+    database = tmp_path / "ledger.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TICKET_TO_INVOICE_")} | {"PYTHONPATH": str(ROOT)}
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_MIGRATING, str(database)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    again = subprocess.run([sys.executable, "-c", f"from billing.ledger import Ledger; Ledger('sqlite:///{database}')"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert again.returncode == 0, f"the next run cannot open the ledger: {again.stderr.strip().splitlines()[-1:]}"
