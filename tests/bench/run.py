@@ -44,12 +44,13 @@ def median_of_three(work: Any) -> tuple[float, Any]:
 
 
 def main(names: list[str]) -> None:
-    from tests.bench import bench_pricing, bench_tryton, bench_validation
+    from tests.bench import bench_faults, bench_pricing, bench_tryton, bench_validation
 
     benchmarks: dict[str, Callable[[], dict[str, Any]]] = {
         "pricing": bench_pricing.run,
         "tryton_posting": bench_tryton.run,
         "validation": bench_validation.run,
+        "fault_trials": bench_faults.run,
     }
     chosen = names or list(benchmarks)
     unknown = sorted(set(chosen) - set(benchmarks))
