@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -175,25 +171,3 @@ def test_billed_is_final_whatever_a_slower_run_does_later(ledger: Ledger) -> Non
     assert states == {"A": WorkState.POSTED, "B": WorkState.PRICED}
     assert ledger.draft_states([first.key]) == {first.key: DraftState.POSTED}
 
-
-KILLED_HALF_WAY = """
-import os, signal, sys
-from alembic import command
-upgrade = command.upgrade
-def upgrade_then_die(config, revision):
-    upgrade(config, "0002")  # some tables made, not all
-    os.kill(os.getpid(), signal.SIGKILL)
-command.upgrade = upgrade_then_die
-from billing.ledger import Ledger
-Ledger(sys.argv[1])
-"""
-
-
-def test_a_process_killed_while_it_creates_the_ledger_leaves_nothing_half_made(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    killed = subprocess.run([sys.executable, "-c", KILLED_HALF_WAY, url], capture_output=True)
-    assert killed.returncode == -signal.SIGKILL
-    ledger = Ledger(url)  # used to fail: "table approvals already exists", on every later run
-    ledger.register(items(("A", "h")), actor="t")
-    with ledger.engine.connect() as connection:
-        assert connection.scalar(text("SELECT version_num FROM alembic_version")) == "0003"
