@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import random
+import sys
 import threading
 import time
 from collections import Counter
@@ -46,6 +47,14 @@ def _what(command: str, path: str, body: bytes) -> str:
     except (ValueError, AttributeError):
         method = ""
     return f"{command} {path} {method}".rstrip()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that went away (a run killed mid-request) is no error of the proxy's: no traceback for it."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class FaultProxy:
@@ -163,7 +172,7 @@ class FaultProxy:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True)
         self._thread.start()
