@@ -5,8 +5,6 @@ replays the same faults."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import traceback
 import uuid
 from collections import Counter
@@ -22,7 +20,8 @@ from billing.models import DraftState
 from connectors.tryton_rpc import TrytonRpc
 from flows.ticket_to_invoice import ticket_to_invoice
 from tasks.reconcile import UNBILLED_STATES
-from tests.conftest import DEMO_RULES, SAMPLE
+from tests.conftest import DEMO_RULES
+from tests.faults.kill_trials import tagged_export
 from tests.faults.proxy import FAULTS, FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server")]
@@ -36,17 +35,7 @@ CUSTOMERS = ("GLOBEX",)
 
 def small_export(folder: Path, tag: str) -> tuple[Path, list[str]]:
     """Customers of the sample export, renamed with ``tag`` so that every export bills its own invoices."""
-    folder.mkdir(parents=True)
-    shutil.copy(SAMPLE / "manifest.json", folder / "manifest.json")
-    customers = [c for c in json.loads((SAMPLE / "customers.json").read_text()) if c["customer_id"] in CUSTOMERS]
-    for customer in customers:
-        customer["customer_id"] = f"{customer['customer_id']}-{tag}"
-    (folder / "customers.json").write_text(json.dumps(customers, indent=1))
-    for name in ("tickets.csv", "worklogs.csv"):
-        header, *rows = (SAMPLE / name).read_text().splitlines()
-        kept = [row.replace(f",{c},", f",{c}-{tag},") for row in rows for c in CUSTOMERS if f",{c}," in row]
-        (folder / name).write_text("\n".join([header, *kept]) + "\n")
-    return folder, [c["customer_id"] for c in customers]
+    return tagged_export(folder, tag, CUSTOMERS)
 
 
 def use_tryton_at(monkeypatch: pytest.MonkeyPatch, home: Path, url: str, tryton: Any) -> None:
