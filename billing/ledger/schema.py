@@ -169,3 +169,24 @@ class RunLock(Base):
     purpose: Mapped[str] = mapped_column(Text)  # what the holder does, for the message of the one that waits
     acquired_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EventDelivery(Base):
+    """A webhook delivery the receiver accepted, by the sender's own id: the same id again is a replay."""
+
+    __tablename__ = "event_deliveries"
+
+    source: Mapped[str] = mapped_column(String(100), primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    events: Mapped[list[Any] | None] = mapped_column(JSON)  # the Prefect event ids it became
+
+
+class SourceCursor(Base):
+    """Where a poller stopped reading a source (``poll:<source>:<instance>``): data, so a poll can be re-run."""
+
+    __tablename__ = "source_cursors"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    cursor: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -28,6 +28,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
@@ -39,9 +40,11 @@ from billing.ledger.schema import (
     Approval,
     AuditEntry,
     ErpMapping,
+    EventDelivery,
     InvoiceDraftRow,
     InvoiceLineRow,
     Posting,
+    SourceCursor,
     WorkItem,
     WorkState,
     utcnow,
@@ -656,6 +659,32 @@ class Ledger:
     def remember_erp_mapping(self, erp: str, entity: str, local_id: str, erp_id: str) -> None:
         with self.session() as session:
             session.add(ErpMapping(erp=erp, entity=entity, local_id=local_id, erp_id=erp_id))
+
+    # -- events: webhook deliveries and poll cursors --------------------------------------------------
+
+    def accept_delivery(self, source: str, delivery_id: str, events: Sequence[str] = ()) -> bool:
+        """Remember a webhook delivery by the sender's id; False when that id was accepted before (a replay).
+
+        The primary key decides, so two receivers given the same delivery at once accept it once."""
+        try:
+            with self.session() as session:
+                session.add(EventDelivery(source=source, delivery_id=delivery_id, events=list(events)))
+        except IntegrityError:
+            return False
+        return True
+
+    def cursor(self, name: str) -> dict[str, Any] | None:
+        with Session(self.engine) as session:
+            row = session.get(SourceCursor, name)
+            return dict(row.cursor) if row else None
+
+    def save_cursor(self, name: str, cursor: dict[str, Any]) -> None:
+        with self.session() as session:
+            row = session.get(SourceCursor, name)
+            if row is None:
+                session.add(SourceCursor(name=name, cursor=cursor))
+            else:
+                row.cursor = cursor
 
     # -- reports ---------------------------------------------------------------------------------
 
