@@ -89,6 +89,17 @@ class Settings(BaseSettings):
         "rows are still quarantined.",
     )  # fmt: skip
 
+    webhook_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Shared secret per webhook source (JSON: {\"zendesk\": \"...\"}); a source without one here "
+        "is read from the Prefect Secret block `ticket-to-invoice-webhook-<source>`, and without either its "
+        "deliveries are refused.",
+    )
+    webhook_tolerance_seconds: int = Field(
+        default=300, ge=1, description="A signed webhook delivery older (or newer) than this is refused as stale."
+    )
+    receiver_port: int = Field(default=4280, ge=1, le=65535, description="Port of the webhook receiver (127.0.0.1).")
+
     @field_validator("period")
     @classmethod
     def _a_month(cls, value: str | None) -> str | None:
