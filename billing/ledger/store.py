@@ -673,6 +673,23 @@ class Ledger:
             return False
         return True
 
+    def record_delivery_events(self, source: str, delivery_id: str, events: Sequence[str]) -> None:
+        """Note the Prefect event ids an accepted delivery became (known only after they were emitted)."""
+        with self.session() as session:
+            session.execute(
+                update(EventDelivery)
+                .where(EventDelivery.source == source, EventDelivery.delivery_id == delivery_id)
+                .values(events=list(events))
+            )
+
+    def forget_delivery(self, source: str, delivery_id: str) -> None:
+        """Release a delivery accepted by ``accept_delivery`` whose events could not be sent, so that the
+        sender's retry of the same id is accepted instead of refused as a replay."""
+        with self.session() as session:
+            session.execute(
+                delete(EventDelivery).where(EventDelivery.source == source, EventDelivery.delivery_id == delivery_id)
+            )
+
     def cursor(self, name: str) -> dict[str, Any] | None:
         with Session(self.engine) as session:
             row = session.get(SourceCursor, name)
