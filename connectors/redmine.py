@@ -415,7 +415,7 @@ class RedmineSource:
         read = [(f"issue:{i['id']}@{i['closed_on']}", str(i["closed_on"]), self._resolved(i, projects, customer_of))
                 for i in issues]  # fmt: skip
         read += [(f"time_entry:{e['id']}@{e['updated_on']}", str(e["updated_on"]),
-                  self._worklog_changed(e, start, projects, customer_of)) for e in entries]  # fmt: skip
+                  self._worklog_changed(e, projects, customer_of)) for e in entries]  # fmt: skip
         events = [event for key, _, event in read if key not in seen]
         # The next poll re-reads from now - lag: remember what it will find again.
         overlap = [key for key, at, _ in read if parse_utc(at) >= now - lag]
@@ -445,11 +445,11 @@ class RedmineSource:
                      "subject": issue.get("subject", "")},
         )  # fmt: skip
 
-    def _worklog_changed(self, entry: dict[str, Any], start: datetime, projects: dict[int, dict[str, Any]],
+    def _worklog_changed(self, entry: dict[str, Any], projects: dict[int, dict[str, Any]],
                          customer_of: dict[int, str]) -> BillingEvent:  # fmt: skip
         project, customer = self._project_of(entry, projects, customer_of)
         ticket = str(entry["issue"]["id"]) if entry.get("issue") else ""
-        change = "added" if parse_utc(entry["created_on"]) >= start else "edited"
+        change = "added" if entry["created_on"] == entry["updated_on"] else "edited"  # as Redmine saw it
         return BillingEvent(
             event=WORKLOG_CHANGED, source=SYSTEM, instance=self.instance, ticket=ticket, customer=customer,
             worklog=str(entry["id"]),
