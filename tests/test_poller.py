@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from billing.events import EXPORT_READY, TICKET_RESOLVED, WORKLOG_CHANGED, BillingEvent
 from billing.ledger import Ledger
@@ -283,6 +284,30 @@ def test_poll_saves_the_cursor_only_after_the_events_were_emitted(file_settings:
     again = poll(file_settings, sent.extend, now=later())
     assert len(sent) == 1 and again.as_dict()["emitted"] == 0
     assert again.summary().startswith("nothing new since ")
+
+
+@pytest.mark.integration
+def test_poll_reads_redmine_from_the_cursor_in_the_ledger(
+    redmine: RedmineInstance, seeded: SeedSummary, home: Path, tmp_path: Path
+) -> None:
+    rules = yaml.safe_load(DEMO_RULES.read_text())
+    rules["redmine"]["projects"] = seeded.customers
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(rules))
+    settings = Settings(home=home, rules_file=rules_file, source="redmine", redmine_url=redmine.url,
+                        redmine_api_key=redmine.api_key, redmine_instance=INSTANCE)  # fmt: skip
+    sent: list[BillingEvent] = []
+    assert poll(settings, sent.extend).as_dict()["emitted"] == 0  # three-day-old history: before the lookback
+
+    issue = open_issues(seeded, seeded.customers[1])[0]
+    close(redmine, issue)
+    report = poll(settings, sent.extend)
+    assert [(e.event, e.ticket) for e in sent] == [(TICKET_RESOLVED, str(issue))]
+    assert report.summary().startswith("1 ticket(s) resolved since ")
+    cursor = Ledger(settings.resolved_ledger_url).cursor(f"poll:redmine:{INSTANCE}")
+    assert cursor == report.changes.cursor
+
+    assert poll(settings, sent.extend).as_dict()["emitted"] == 0 and len(sent) == 1
 
 
 # --- the flow, on a Prefect server --------------------------------------------------------------------------------
