@@ -21,6 +21,7 @@ from tasks.extract import make_source
 
 Emit = Callable[[list[BillingEvent]], object]
 WHAT = {TICKET_RESOLVED: "ticket(s) resolved", WORKLOG_CHANGED: "work log(s) changed", EXPORT_READY: "export(s) ready"}
+COUNT_KEY = {TICKET_RESOLVED: "tickets_resolved", WORKLOG_CHANGED: "worklogs_changed", EXPORT_READY: "exports_ready"}
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class PollReport:
     changes: Changes
 
     def as_dict(self) -> dict[str, Any]:
-        counts = {name: self.changes.count(name) for name in WHAT}
+        counts = {COUNT_KEY[name]: self.changes.count(name) for name in WHAT}
         since = self.changes.since.isoformat() if self.changes.since else None
         return {"cursor": self.cursor_name, "since": since, "emitted": len(self.changes.events), **counts}
 

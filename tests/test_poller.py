@@ -279,7 +279,7 @@ def test_poll_saves_the_cursor_only_after_the_events_were_emitted(file_settings:
     report = poll(file_settings, sent.extend, now=later())
     assert [e.event for e in sent] == [EXPORT_READY]
     assert ledger.cursor("poll:files:sample-export") == report.changes.cursor
-    assert report.as_dict()["export.ready"] == 1 and report.summary().startswith("1 export(s) ready")
+    assert report.as_dict()["exports_ready"] == 1 and report.summary().startswith("1 export(s) ready")
 
     again = poll(file_settings, sent.extend, now=later())
     assert len(sent) == 1 and again.as_dict()["emitted"] == 0
