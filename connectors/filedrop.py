@@ -10,9 +10,11 @@ with a bad value is kept and reported in ``WorkBatch.issues`` so the validate st
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import warnings
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from billing.errors import ConfigurationError, InputError
+from billing.events import EXPORT_READY, BillingEvent
 from billing.ledger.schema import WorkItem
 from billing.models import (
     ISSUE_COLUMNS,
@@ -34,6 +37,7 @@ from billing.models import (
     empty_usage,
     previous_month,
 )
+from connectors.polling import DEFAULT_LOOKBACK, Changes, parse_utc, utc_iso
 
 SYSTEM = "files"
 
@@ -446,3 +450,33 @@ class FileDropSource:
         issues = pd.concat(problems, ignore_index=True)
         issues = issues[issues["key"].isin(worklogs["key"])].reset_index(drop=True)[list(ISSUE_COLUMNS)]
         return worklogs, issues, int((~in_period).sum())
+
+    # -- changes, for the poller -----------------------------------------------------------------
+
+    def _export_files(self) -> list[Path]:
+        """The files an export consists of (a temporary or unrelated file beside them changes nothing)."""
+        names = {f"{entity.name}{ext}" for entity in (CUSTOMERS, TICKETS, WORKLOGS, USAGE)
+                 for ext in (".csv", ".json", ".jsonl")} | {"manifest.json"}  # fmt: skip
+        return sorted(p for p in self.folder.iterdir() if p.name in names and p.is_file())
+
+    def changes_since(
+        self,
+        cursor: dict[str, Any] | None,
+        now: datetime,
+        initial_lookback: timedelta = DEFAULT_LOOKBACK,  # a folder has no history: its first look reports it
+        settle: timedelta = timedelta(seconds=10),
+    ) -> Changes:
+        """One ``export.ready`` whenever the export's content fingerprint (names, sizes and modification times of
+        its files) differs from the cursor's. A file modified less than ``settle`` ago may still be being
+        written: the export is left for the next poll."""
+        files = self._export_files()
+        since = parse_utc(cursor["since"]) if cursor and cursor.get("since") else None
+        if any(datetime.fromtimestamp(p.stat().st_mtime, UTC) > now - settle for p in files):
+            return Changes([], dict(cursor or {}), since)
+        listing = "\n".join(f"{p.name}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}" for p in files)
+        fingerprint = hashlib.sha256(listing.encode()).hexdigest()[:32]
+        events = []
+        if files and fingerprint != (cursor or {}).get("fingerprint"):
+            events.append(BillingEvent(event=EXPORT_READY, source=SYSTEM, instance=self.instance, payload={
+                "path": str(self.folder), "period": self.default_period(), "fingerprint": fingerprint}))  # fmt: skip
+        return Changes(events, {"since": utc_iso(now), "fingerprint": fingerprint}, since)
