@@ -133,31 +133,37 @@ def _deviations(
         return []
     exact = pd.DataFrame([
         {"key": d.key, "customer_id": d.customer_id, "currency": d.currency, "period": d.period,
-         "start": shift_period(d.period, -settings.trailing_months), "draft_total": d.total_minor,
-         "draft_hours": draft_hours(d)}
+         "start": shift_period(d.period, -settings.trailing_months), "own_total": d.total_minor,
+         "own_hours": draft_hours(d)}
         for d in drafts
     ])  # fmt: skip
     rows = exact[["key", "customer_id", "currency", "period", "start"]].merge(
         history, on=["customer_id", "currency"], suffixes=("", "_h")
     )
-    # What is already posted for the draft's own period counts with it (a supplementary invoice).
-    same = (
-        rows[rows["period_h"] == rows["period"]]
-        .groupby("key")
-        .agg(posted_total=("total_minor", "sum"), posted_hours=("hours", lambda s: sum(s, Decimal(0))))
+    # A month is judged whole, as the history counts it: the drafts of the same customer, currency and period
+    # (several agreements) together, with what is already posted for it (a supplementary invoice).
+    month = ["customer_id", "currency", "period"]
+    batch = exact.groupby(month).agg(
+        batch_total=("own_total", "sum"), batch_hours=("own_hours", _sum), drafts=("key", "size")
     )
-    exact = exact.join(same, on="key")
+    same = rows[rows["period_h"] == rows["period"]].groupby("key")
+    posted = same.agg(posted_total=("total_minor", "sum"), posted_hours=("hours", _sum), posted=("invoices", "sum"))
+    exact = exact.join(batch, on=month).join(posted, on="key")
     exact["posted_total"] = exact["posted_total"].fillna(0).astype("int64")
+    exact["posted"] = exact["posted"].fillna(0).astype("int64")
     exact["posted_hours"] = [h if isinstance(h, Decimal) else Decimal(0) for h in exact["posted_hours"]]
-    exact["total"] = exact["draft_total"] + exact["posted_total"]
-    exact["hours"] = [d + p for d, p in zip(exact["draft_hours"], exact["posted_hours"], strict=True)]
+    exact["others_total"] = exact["batch_total"] - exact["own_total"]
+    exact["others_hours"] = [b - o for b, o in zip(exact["batch_hours"], exact["own_hours"], strict=True)]
+    exact["others"] = exact["drafts"] - 1
+    exact["total"] = exact["batch_total"] + exact["posted_total"]
+    exact["hours"] = [b + p for b, p in zip(exact["batch_hours"], exact["posted_hours"], strict=True)]
     exact["effective_rate"] = [effective_rate(t, h) for t, h in zip(exact["total"], exact["hours"], strict=True)]
 
     window = rows[(rows["period_h"] >= rows["start"]) & (rows["period_h"] < rows["period"])]
     past = window[["key", "period_h"]].assign(
         total=window["total_minor"].astype("float64"),
         hours=[float(h) for h in window["hours"]],
-        effective_rate=window["effective_rate_minor"].astype("Float64").astype("float64"),
+        effective_rate=window["effective_rate_minor"].astype("Float64").to_numpy(dtype="float64", na_value=np.nan),
     )
     long = past.melt(id_vars=["key", "period_h"], value_vars=metrics, var_name="metric").dropna(subset=["value"])
     if long.empty:
@@ -188,6 +194,10 @@ def _deviations(
     ]
 
 
+def _sum(values: pd.Series) -> Decimal:
+    return sum(values, Decimal(0))
+
+
 def _as_float(value: Any) -> float:
     return float("nan") if value is None or value is pd.NA else float(value)
 
@@ -207,14 +217,17 @@ def _show(metric: str, value: float | int | Decimal, currency: str) -> str:
 def _message(row: Any, draft: pd.Series, settings: ReviewRules) -> str:
     metric, currency = row.metric, draft["currency"]
     what = f"{METRIC_NAMES[metric]} {_show(metric, draft[metric], currency)}"
-    if draft["posted_total"] or draft["posted_hours"]:
-        own = {"total": draft["draft_total"], "hours": draft["draft_hours"]}
-        posted = {"total": draft["posted_total"], "hours": draft["posted_hours"]}
-        if metric in own:
-            what += (f" (this draft {_show(metric, own[metric], currency)} + {_show(metric, posted[metric], currency)}"
-                     f" already posted for {draft['period']})")  # fmt: skip
+    if draft["others"] or draft["posted"]:
+        if metric in ("total", "hours"):
+            parts = [f"this draft {_show(metric, draft[f'own_{metric}'], currency)}"]
+            if draft["others"]:
+                other = "other draft" if draft["others"] == 1 else "other drafts"
+                parts.append(f"{_show(metric, draft[f'others_{metric}'], currency)} in {draft['others']} {other}")
+            if draft["posted"]:
+                parts.append(f"{_show(metric, draft[f'posted_{metric}'], currency)} already posted")
+            what += f" for {draft['period']} ({' + '.join(parts)})"
         else:
-            what += f" (with what is already posted for {draft['period']})"
+            what += f" for {draft['period']} (this draft, other drafts and posted invoices of the month together)"
     median = _show(metric, row.median, currency)
     if row.months == settings.trailing_months:
         span = f"over the last {settings.trailing_months} months ({row.first} … {row.last})"
