@@ -360,3 +360,14 @@ def test_shift_period() -> None:
     assert [shift_period("2026-01", n) for n in (-1, -13, 0, 11, 12)] == [
         "2025-12", "2024-12", "2026-01", "2026-12", "2027-01"
     ]  # fmt: skip
+
+
+def test_hours_where_there_were_none() -> None:
+    # Fees only for six months: hours 0 every month, so no spread at all; 3 h of work stands out, said in words.
+    fees = history({f"2026-{m:02d}": 100000 for m in range(4, 10)})
+    d = draft(line(100000, hours="3.00"))
+    assert review_flags([d], fees, SERVICES, ReviewRules())[d.key] == [ReviewFlag(
+        "unusual_hours",
+        "hours 3.00 h is above this customer's median of 0.00 h over the last 6 months (2026-04 … 2026-09), "
+        "which most months matched exactly",
+    )]  # fmt: skip
