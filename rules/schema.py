@@ -364,11 +364,58 @@ class RedmineMapping(Strict):
     invoice_number_field: str = Field("Invoice number", description="time-entry and issue field written back")
 
 
+class ReviewRules(Strict):
+    """Drafts that look wrong go to a human, even under auto-approve, with the reasons shown: a total, hours or
+    effective rate far from the customer's own history, a first invoice, a service never billed to the
+    customer before, or a line made by a rule listed in ``unusual_rules``.
+
+    "Far" is a robust z-score over the customer's posted invoices (per currency) of the trailing months:
+    ``|x − median| / spread`` with ``spread = max(1.4826 × MAD, min_relative_spread × |median|)``, flagged
+    above ``deviation``. The MAD (median absolute deviation) ignores one odd month; the floor keeps a flat
+    history (the same fee every month) from flagging a one-cent change."""
+
+    enabled: bool = Field(True, description="false: no draft is held for review by these checks.")
+    trailing_months: int = Field(
+        6, ge=1, le=120, description="How many months before the draft's period make the customer's history."
+    )
+    min_history: int = Field(
+        3,
+        ge=1,
+        description="Months with a posted invoice needed in that window before totals, hours and rates are "
+        "compared; with fewer, only the first-invoice, new-service and unusual-rule checks apply.",
+    )
+    deviation: Decimal = Field(
+        Decimal("3.5"), gt=0, description="Flag a metric whose robust z-score |x − median| / spread exceeds this."
+    )
+    min_relative_spread: Decimal = Field(
+        Decimal("0.1"),
+        ge=0,
+        description="The spread is at least this fraction of the median (0.1: 10 %), so a flat history does "
+        "not flag every cent.",
+    )
+    metrics: list[Literal["total", "hours", "effective_rate"]] = Field(
+        default_factory=lambda: ["total", "hours", "effective_rate"],
+        description="What is compared: total (untaxed, minor units), hours (billed hours of time lines), "
+        "effective_rate (total / hours).",
+    )
+    first_invoice: bool = Field(True, description="A customer's first invoice (nothing posted before) is reviewed.")
+    new_services: bool = Field(True, description="A line of a service never billed to the customer is reviewed.")
+    unusual_rules: list[str] = Field(
+        default_factory=list,
+        description="Rule ids whose presence on a line always asks a human: a cap or discount id, a modifier "
+        "(after_hours, weekend, holiday, priority), a rate source (customer_rates[0], rates[2], "
+        "ticket_fees[reset]) or the id inside one (reset).",
+    )
+
+
 class Approval(Strict):
     auto_approve_below: dict[Currency, Decimal] = Field(
         default_factory=dict, description="Drafts with a total below this (per currency) approve themselves."
     )
     timeout_seconds: int = Field(3600, ge=1)
+    review: ReviewRules = Field(
+        ReviewRules(), description="Drafts that stand out from the customer's history go to a human."
+    )
 
 
 class RuleSet(Strict):
