@@ -164,6 +164,7 @@ def run(
         )
         check_home(settings)
         _prepare_prefect(settings)
+        from flows.run_state import summary_of
         from flows.ticket_to_invoice import preflight, ticket_to_invoice
 
         preflight(settings)  # a user's mistake is an error message here, not a failed run with a traceback
@@ -171,10 +172,11 @@ def run(
         _start_prefect_server()
 
         with _quiet_stdout(as_json, "Billing…"):
-            summary = ticket_to_invoice(
+            summary = summary_of(ticket_to_invoice(
                 period=settings.period, source=settings.source, input_dir=str(settings.input_dir),
                 erp=settings.erp, rules=str(settings.rules_file), approve=settings.approve, wait=settings.wait,
-            )  # fmt: skip
+                return_state=True,
+            ))  # fmt: skip
     except UserFacingError as exc:
         raise _fail(exc) from None
     except Exception as exc:  # a full disk or a read-only file half-way: the path, not a traceback
@@ -344,40 +346,36 @@ def reconcile(
 def approve(
     approver: Annotated[str, typer.Option(help="Who decides (recorded in the ledger).")],
     reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approve.")] = False,
-    note: Annotated[str, typer.Option(help="Why.")] = "",
-    run_id: Annotated[str | None, typer.Option(help="The paused flow run; default: every paused run.")] = None,
+    note: Annotated[str, typer.Option(help="Why (recorded with the decision).")] = "",
+    draft: Annotated[
+        list[str] | None,
+        typer.Option("--draft", help="Decide this draft only (its key, as the form and `run --json` show it); "
+                     "repeat for several. Default: every draft a waiting run shows."),
+    ] = None,
+    run_id: Annotated[str | None, typer.Option(help="Only this waiting flow run.")] = None,
 ) -> None:
-    """Answer the approval a paused `run --approve manual` is waiting for (same as the form in the UI).
+    """Decide invoice drafts that wait for a human: the same as the form of a waiting run in the UI.
 
-    The paused run must be reachable: start `make ui` before `run --approve manual`, or set PREFECT_API_URL.
+    Only runs of this project's billing flow are touched. With --draft, the decision is recorded in the ledger
+    (also for a draft whose run timed out: the next run posts it); a waiting run whose drafts are then all
+    decided is resumed and posts them.
+
+    Examples:
+
+        ticket-to-invoice approve --approver kim@example.com
+
+        ticket-to-invoice approve --approver kim --reject --note "wrong rates" --draft t2i:ACME:default:2026-10:EUR:v1
     """
     settings = load_settings()
     _prepare_prefect(settings)
-    from uuid import UUID
+    from flows.approvals import decide
 
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-    from prefect.client.schemas.objects import StateType
-    from prefect.flow_runs import resume_flow_run
-
-    if run_id:
-        ids = [UUID(run_id)]
-    else:
-        with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
-                ),
-                limit=50,
-            )
-        ids = [r.id for r in runs]
-    if not ids:
-        err.print("[yellow]no flow run is waiting for approval[/]")
-        raise typer.Exit(1)
-    answer = {"approver": approver, "decision": "reject" if reject else "approve", "note": note}
-    for flow_run_id in ids:
-        resume_flow_run(flow_run_id, run_input=answer)
-        out.print(f"{'rejected' if reject else 'approved'}: flow run {flow_run_id}")
+    try:
+        said = decide(settings, approver=approver, approved=not reject, note=note, drafts=draft or [], run_id=run_id)
+    except UserFacingError as exc:
+        raise _fail(exc) from None
+    for line in said:
+        out.print(line)
 
 
 def main() -> None:

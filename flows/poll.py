@@ -65,16 +65,6 @@ def poll(
     return PollReport(name, changes)
 
 
-def emit_and_wait(items: list[BillingEvent]) -> object:
-    """``emit_event`` only queues: wait until the queue is sent, so the cursor never runs ahead of the events
-    by more than a crash in this very moment."""
-    from prefect.events.worker import EventsWorker
-
-    ids = events.emit(items)
-    EventsWorker.instance().wait_until_empty()
-    return ids
-
-
 def _run_name() -> str:
     return f"poll {flow_run.parameters.get('source') or load_settings().source}"
 
@@ -89,6 +79,6 @@ def poll_source(source: str | None = None, lookback_minutes: int = 1440) -> dict
             last one ended); its whole history is never emitted.
     """
     settings = load_settings(source=source)
-    report = poll(settings, emit_and_wait, lookback=timedelta(minutes=lookback_minutes))
+    report = poll(settings, events.emit, lookback=timedelta(minutes=lookback_minutes))
     get_run_logger().info(report.summary())
     return report.as_dict()

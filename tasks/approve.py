@@ -1,38 +1,52 @@
 """Approve: a policy approves small drafts; the rest wait for a human in the Prefect UI (or the CLI).
 
-The human answers a RunInput form on the paused flow run: approver, decision, note. Every decision,
-automatic or not, is recorded in the ledger with who, when and why.
+The human answers a form on the waiting run with one decision per invoice draft (approve, reject, or decide
+later) and a note for each. Every decision, automatic or not, is recorded in the ledger with who, when and why;
+only approved drafts are posted, and a rejected one stays rejected until its work changes or someone approves
+it (``ticket-to-invoice approve --draft KEY``).
+
+How a run waits depends on where it runs:
+
+- **A deployment run** (worker, UI, schedule, event) *suspends*: its process ends and the worker is free. On
+  "Resume" Prefect starts the flow again from the top; the stages before approval come back from their
+  persisted results (``PREFECT_RESULTS_PERSIST_BY_DEFAULT=true`` on the worker) or, without them, are computed
+  again, which changes nothing (the ledger keeps unchanged drafts as they are). The wait has no Prefect
+  timeout, so the run never flips to Failed: the automation ``ticket-to-invoice: approval timed out`` (made by
+  ``make serve``) ends a run that waited too long as Cancelled "Approval timed out", and its drafts stay
+  pending for a later run or the CLI.
+- **A run in this process** (``ticket-to-invoice run --approve manual``) pauses here, and after
+  ``approval_timeout_seconds`` goes on without the undecided drafts (they stay pending).
 """
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-from prefect.context import get_run_context
-from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
+from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput
-from pydantic import Field
+from prefect.input.run_input import keyset_from_paused_state, run_input_subclass_from_type
+from prefect.states import Paused, Running
+from prefect.utilities.engine import propose_state_sync
+from pydantic import Field, create_model
 
 from billing.ledger import Ledger
+from billing.ledger.store import document_hash
 from billing.models import ApprovalDecision, DraftState, InvoiceDraft
 from billing.money import format_money, to_minor
 from billing.settings import Settings
 from rules.schema import load_rules
+from tasks.stage import plural, stage
 
 POLICY = "policy"
-
-
-class InvoiceApproval(RunInput):
-    """Approve or reject the invoice drafts listed in the run's pause description."""
-
-    approver: str = Field(description="Your name or e-mail: it is recorded with the decision.")
-    decision: Literal["approve", "reject"] = Field(description="Applies to every draft waiting in this run.")
-    note: str = Field(default="", description="Why (recorded in the ledger's approvals and audit log).")
+PAUSE_KEY = "approval"  # one wait per run: a resumed run finds its answer under this key
+Decision = Literal["approve", "reject", "decide later"]
 
 
 def split_by_policy(
@@ -42,98 +56,173 @@ def split_by_policy(
 
     ``approve=auto`` (the demo default) approves everything; ``approve=manual`` approves a draft by itself
     only when its total is below the rules' ``approval.auto_approve_below`` for its currency.
-    Drafts already decided (approved, or posted) in the ledger are left as they are.
+    Drafts already decided (approved, rejected, or posted) in the ledger are left as they are.
     """
     now = now or datetime.now(UTC)
     states = Ledger(settings.resolved_ledger_url).draft_states(d.key for d in drafts)
     undecided = [d for d in drafts if states.get(d.key) == DraftState.DRAFTED]
     if settings.approve == "auto":
         return [
-            ApprovalDecision(
-                draft_key=d.key,
-                approved=True,
-                approver=f"{POLICY}:auto",
-                decided_at=now,
-                note="approved automatically (--approve auto)",
-            )
+            ApprovalDecision(draft_key=d.key, approved=True, approver=f"{POLICY}:auto", decided_at=now,
+                             note="approved automatically (--approve auto)")
             for d in undecided
-        ], []
+        ], []  # fmt: skip
     limits = load_rules(settings.rules_file).approval.auto_approve_below
     auto, human = [], []
     for draft in undecided:
         limit = limits.get(draft.currency)
         if limit is not None and draft.total_minor < to_minor(limit, draft.currency):
             note = f"total {format_money(draft.total_minor, draft.currency)} is below {limit} {draft.currency}"
-            auto.append(
-                ApprovalDecision(
-                    draft_key=draft.key, approved=True, approver=f"{POLICY}:threshold", note=note, decided_at=now
-                )
-            )
+            auto.append(ApprovalDecision(draft_key=draft.key, approved=True, approver=f"{POLICY}:threshold",
+                                         note=note, decided_at=now))  # fmt: skip
         else:
             human.append(draft)
     return auto, human
 
 
 def record(settings: Settings, decisions: Sequence[ApprovalDecision]) -> None:
-    try:
-        run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
-    except Exception:  # outside a flow (tests, CLI): no run to link
-        run_id = None
+    context = FlowRunContext.get()
+    run_id = str(context.flow_run.id) if context and context.flow_run else None  # none in tests and the CLI
     Ledger(settings.resolved_ledger_url).record_decisions(decisions, flow_run_id=run_id)
 
 
+# -- the form -------------------------------------------------------------------------------------------
+
+
+def field_of(draft_key: str) -> str:
+    """The form field of a draft: its key as an identifier (``t2i:ACME:default:2026-10:EUR:v1`` →
+    ``acme_default_2026_10_eur_v1``), the same every time the form is built."""
+    return re.sub(r"[^0-9a-z]+", "_", draft_key.removeprefix("t2i:").lower()).strip("_")
+
+
+def headline(draft: InvoiceDraft) -> str:
+    return (f"{draft.customer_name or draft.customer_id} · {draft.period} · "
+            f"{format_money(draft.gross_minor, draft.currency)}")  # fmt: skip
+
+
+def explain(draft: InvoiceDraft, biggest: int = 3) -> str:
+    """Lines, untaxed, tax, and the biggest lines with the sentence that explains each amount."""
+    top = sorted(draft.lines, key=lambda line: -line.amount_minor)[:biggest]
+    said = "; ".join(f"{format_money(line.amount_minor, draft.currency)}: "
+                     f"{line.trace.get('explanation') or line.description}" for line in top)  # fmt: skip
+    return (f"{len(draft.lines)} lines, untaxed {format_money(draft.total_minor, draft.currency)} + tax "
+            f"{format_money(draft.tax_minor, draft.currency)}. Biggest: {said}. Key {draft.key}")  # fmt: skip
+
+
+def decision_form(drafts: Sequence[InvoiceDraft]) -> type[RunInput]:
+    """The form: who decides, then per draft a decision (titled customer · period · total with tax, so the
+    totals show without scrolling) and a note."""
+    fields: dict[str, Any] = {
+        "approver": (str, Field(title="Approver", description="Your name or e-mail: recorded with every decision.")),
+    }
+    for draft in drafts:
+        name = field_of(draft.key)
+        fields[name] = (Decision, Field(default="decide later", title=headline(draft), description=explain(draft)))
+        fields[f"{name}_note"] = (str, Field(default="", title=f"Note on {draft.customer_name or draft.customer_id}",
+                                             description="Why (recorded with the decision)."))  # fmt: skip
+    return create_model("InvoiceDecisions", __base__=RunInput, **fields)
+
+
 def describe(drafts: Sequence[InvoiceDraft]) -> str:
-    rows = "\n".join(
-        f"| `{d.key}` | {d.customer_name or d.customer_id} | {len(d.lines)} | "
-        f"{format_money(d.total_minor, d.currency)} |"
-        for d in drafts
-    )
+    rows = "\n".join(f"| {d.customer_name or d.customer_id} | {d.period} | {len(d.lines)} | "
+                     f"{format_money(d.gross_minor, d.currency)} |" for d in drafts)  # fmt: skip
     return (
-        "### Invoice drafts waiting for approval\n\n| key | customer | lines | total |\n|---|---|---:|---:|\n"
-        f"{rows}\n\nApprove or reject them all with the form below, or run "
-        "`ticket-to-invoice approve --approver NAME`."
+        f"### {len(drafts)} invoice draft(s) wait for your decision\n\n| customer | period | lines | total with tax |"
+        f"\n|---|---|---:|---:|\n{rows}\n\nDecide each below (approve, reject, or decide later); only approved "
+        "invoices are posted. Or: `ticket-to-invoice approve --draft KEY --approver NAME`."
     )
 
 
-def ask_a_human(settings: Settings, drafts: Sequence[InvoiceDraft]) -> list[ApprovalDecision]:
-    """Pause the flow run until someone answers the form; on timeout leave the drafts pending.
-
-    Called from the flow itself (a task cannot pause its flow run).
-    """
-    if not drafts:
-        return []
-    from prefect.logging import get_run_logger
-
-    logger = get_run_logger()
-    logger.info(describe(drafts))
-    timeout = load_rules(settings.rules_file).approval.timeout_seconds
-    try:
-        answer = pause_flow_run(
-            wait_for_input=InvoiceApproval.with_initial_data(description=describe(drafts), note=""),
-            timeout=min(timeout, settings.approval_timeout_seconds),
-            poll_interval=2,
-        )
-    except FlowPauseTimeout:
-        logger.warning("nobody answered within the timeout: %d draft(s) stay pending approval", len(drafts))
-        return []
-    now = datetime.now(UTC)
-    decisions = [
-        ApprovalDecision(
-            draft_key=d.key,
-            approved=answer.decision == "approve",
-            approver=answer.approver,
-            note=answer.note,
-            decided_at=now,
-        )
-        for d in drafts
-    ]
-    record(settings, decisions)
+def decisions_of(answer: RunInput, drafts: Sequence[InvoiceDraft], now: datetime) -> list[ApprovalDecision]:
+    """The approver's decisions, one per draft they decided ("decide later" leaves a draft pending)."""
+    given = answer.model_dump()
+    decisions = []
+    for draft in drafts:
+        choice = given.get(field_of(draft.key), "decide later")
+        if choice in ("approve", "reject"):
+            decisions.append(ApprovalDecision(draft_key=draft.key, approved=choice == "approve",
+                                              approver=str(given["approver"]), decided_at=now,
+                                              note=str(given.get(f"{field_of(draft.key)}_note") or "")))  # fmt: skip
     return decisions
 
 
-@task(name="approval-policy", cache_policy=NO_CACHE)
-def approval_policy(settings: Settings, drafts: list[InvoiceDraft]) -> list[InvoiceDraft]:
+# -- waiting ---------------------------------------------------------------------------------------------
+
+
+def in_a_deployment() -> bool:
+    context = FlowRunContext.get()
+    return bool(context and context.flow_run and context.flow_run.deployment_id)
+
+
+def wait_here(form: type[RunInput], timeout: float, poll_seconds: float = 2.0) -> RunInput | None:
+    """Pause this run (its process waits) until it is resumed with an answer, or ``timeout`` passes.
+
+    Like ``prefect.pause_flow_run``, but the pause has no server-side expiry, so a timeout never flips the
+    run to Failed: after it, the run goes on (Running, with a message) and the undecided drafts stay pending."""
+    context = FlowRunContext.get()
+    assert context is not None and context.flow_run is not None
+    run_id = context.flow_run.id
+    paused = Paused(pause_key=PAUSE_KEY, message="waiting for a human to decide invoice drafts")
+    keyset = keyset_from_paused_state(paused)
+    paused.state_details.run_input_keyset = keyset
+    form = run_input_subclass_from_type(form)
+    with get_client(sync_client=True) as client:
+        state = propose_state_sync(client, paused, flow_run_id=run_id)
+        if state.is_paused():
+            form.save(keyset)
+        deadline = time.monotonic() + timeout
+        while state.is_paused() and time.monotonic() < deadline:
+            time.sleep(poll_seconds)
+            state = client.read_flow_run(run_id).state or state
+        if state.is_running():
+            return form.load(keyset)
+        client.set_flow_run_state(run_id, Running(message=f"nobody decided within {timeout:.0f} s: the drafts "
+                                                  "stay pending approval"), force=True)  # fmt: skip
+    return None
+
+
+def ask_a_human(settings: Settings, drafts: Sequence[InvoiceDraft]) -> list[ApprovalDecision]:
+    """Wait for a person's decisions on ``drafts`` and record them (called from the flow: a task cannot wait).
+
+    A decision about a draft that changed while the run waited (another run re-drafted it) is not applied."""
+    if not drafts:
+        return []
+    logger = get_run_logger()
+    form = decision_form(drafts).with_initial_data(description=describe(drafts), approver="")
+    logger.info("%d draft(s) wait for a human: %s", len(drafts), "; ".join(headline(d) for d in drafts))
+    if in_a_deployment():  # the worker is released; "Resume" runs the flow again and lands here with the answer
+        answer = suspend_flow_run(wait_for_input=form, key=PAUSE_KEY)
+    else:
+        timeout = min(load_rules(settings.rules_file).approval.timeout_seconds, settings.approval_timeout_seconds)
+        answer = wait_here(form, timeout)
+    if answer is None:
+        logger.warning("nobody decided within the timeout: %d draft(s) stay pending approval", len(drafts))
+        return []
+    current = {d.key: document_hash(d) for d in Ledger(settings.resolved_ledger_url).drafts(drafts[0].period)}
+    decisions = decisions_of(answer, drafts, datetime.now(UTC))
+    stale = [d.draft_key for d in decisions if current.get(d.draft_key) != document_hash(_by_key(drafts, d))]
+    if stale:
+        logger.warning("not applied, the draft changed while waiting (decide it again): %s", ", ".join(stale))
+    decisions = [d for d in decisions if d.draft_key not in stale]
+    record(settings, decisions)
+    said = ", ".join(f"{d.draft_key} {'approved' if d.approved else 'rejected'}" for d in decisions) or "nothing"
+    logger.info("%s decided: %s; %d left for later", answer.model_dump().get("approver"), said,
+                len(drafts) - len(decisions) - len(stale))  # fmt: skip
+    return decisions
+
+
+def _by_key(drafts: Sequence[InvoiceDraft], decision: ApprovalDecision) -> InvoiceDraft:
+    return next(d for d in drafts if d.key == decision.draft_key)
+
+
+def decide_by_policy(settings: Settings, drafts: list[InvoiceDraft]) -> list[InvoiceDraft]:
     """Record the policy's own decisions; return the drafts that need a human."""
     auto, human = split_by_policy(settings, drafts)
     record(settings, auto)
     return human
+
+
+# A resumed run gets the drafts it showed back from its persisted result, not recomputed (see tasks.stage).
+approval_policy = stage(decide_by_policy, name="approval-policy", resume=True,
+                        says=lambda human: f"{plural(len(human), 'draft')} wait for a human; the policy decided "
+                        "the others")  # fmt: skip

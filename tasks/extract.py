@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from billing.errors import ConfigurationError
 from billing.ledger import Ledger
 from billing.models import WorkBatch
@@ -15,7 +12,7 @@ from connectors.base import SourceConnector
 from connectors.filedrop import FileDropSource
 from connectors.redmine import RedmineSource
 from rules.schema import load_rules
-from tasks.retrying import worth_retrying
+from tasks.stage import plural, stage
 
 
 def make_source(settings: Settings) -> SourceConnector:
@@ -65,5 +62,13 @@ def only_unbilled(batch: WorkBatch, billed: set[str]) -> WorkBatch:
     return replace(batch, worklogs=keep[0], usage=keep[1], issues=keep[2])
 
 
-extract = task(extract_work, name="extract", retries=2, retry_delay_seconds=5, retry_condition_fn=worth_retrying,
-               cache_policy=NO_CACHE)  # fmt: skip
+def _extracted(batch: WorkBatch) -> str:
+    usage = f", {plural(len(batch.usage), 'usage record')}" if len(batch.usage) else ""
+    problems = f"; {plural(len(batch.issues), 'row problem')}" if len(batch.issues) else ""
+    notes = "".join(f"; {note}" for note in batch.notes)
+    return (f"read {plural(len(batch.worklogs), 'work log')}{usage} to bill for {batch.period} from "
+            f"{batch.source_system} ({batch.instance}): {plural(len(batch.customers), 'customer')}, "
+            f"{plural(len(batch.tickets), 'ticket')}{problems}{notes}")  # fmt: skip
+
+
+extract = stage(extract_work, name="extract", says=_extracted, retries=2, resume=True)

@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
 from billing.errors import ConfigurationError
@@ -19,7 +17,7 @@ from connectors.file_erp import FileErp
 from connectors.tryton import TrytonErp
 from connectors.tryton_rpc import TrytonRpc
 from rules.quality import validate_drafts
-from tasks.retrying import worth_retrying
+from tasks.stage import plural, stage
 
 
 def make_erp(settings: Settings) -> ErpConnector:
@@ -82,5 +80,15 @@ def post_approved(settings: Settings, period: str) -> tuple[list[PostingReceipt]
     return receipts, failures
 
 
-post = task(post_approved, name="post", retries=2, retry_delay_seconds=10, retry_condition_fn=worth_retrying,
-            cache_policy=NO_CACHE)  # fmt: skip
+def _posted(outcome: tuple[list[PostingReceipt], list[PostingFailure]]) -> str:
+    receipts, failures = outcome
+    new = [r for r in receipts if not r.already_existed]
+    said = [f"posted {plural(len(new), 'invoice')}" + (": " + ", ".join(r.erp_number for r in new) if new else "")]
+    if found := [r.erp_number for r in receipts if r.already_existed]:
+        said.append(f"found {plural(len(found), 'invoice')} posted before under its key: {', '.join(found)}")
+    if failures:
+        said.append(f"NOT posted {len(failures)}: " + "; ".join(f"{f.draft_key}: {f.error}" for f in failures))
+    return "; ".join(said)
+
+
+post = stage(post_approved, name="post", says=_posted, retries=2, retry_delay_seconds=10)

@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from billing.ledger import Ledger, WorkState
 from billing.models import ChargeLine, DraftState, InvoiceDraft, WorkBatch
@@ -24,6 +22,7 @@ from rules.retainers import balances, draw_down
 from rules.schema import RuleSet, load_rules
 from rules.usage import usage_lines
 from tasks.extract import make_source, only_unbilled
+from tasks.stage import plural, stage
 from tasks.validate import check_batch
 
 
@@ -297,8 +296,24 @@ def _prepaid(row: dict[str, Any]) -> dict[str, Any]:
     return {"overage": row["prepaid_agreement"]} if row.get("overage") is True else {}
 
 
-price_stage = task(price_work, name="price", cache_policy=NO_CACHE)
-draft = task(build_drafts, name="draft", cache_policy=NO_CACHE)
+def _priced(lines: pd.DataFrame) -> str:
+    if lines.empty:
+        return "nothing new to bill: no charge lines"
+    totals = lines.groupby("currency")["amount_minor"].sum()
+    amounts = ", ".join(format_money(int(total), str(currency)) for currency, total in totals.items())
+    return f"{plural(len(lines), 'charge line')} to bill, {amounts} before adjustments and tax"
+
+
+def _drafted(drafts: list[InvoiceDraft]) -> str:
+    if not drafts:
+        return "no invoice drafts: nothing new to bill"
+    each = "; ".join(f"{d.customer_name or d.customer_id} {format_money(d.gross_minor, d.currency)} "
+                     f"({plural(len(d.lines), 'line')}, v{d.version})" for d in drafts)  # fmt: skip
+    return f"{plural(len(drafts), 'invoice draft')}: {each}"
+
+
+price_stage = stage(price_work, name="price", says=_priced, resume=True)
+draft = stage(build_drafts, name="draft", says=_drafted, resume=True)
 
 
 def preview(settings: Settings, period: str, now: datetime | None = None) -> dict[str, Any]:

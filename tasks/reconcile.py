@@ -7,9 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from billing.ledger import Ledger, WorkState
 from billing.models import DraftState, InvoiceDraft
@@ -17,7 +15,7 @@ from billing.money import format_money
 from billing.settings import Settings
 from tasks.extract import make_source
 from tasks.post import make_erp
-from tasks.retrying import worth_retrying
+from tasks.stage import plural, stage
 
 UNBILLED_STATES = (WorkState.EXTRACTED, WorkState.PRICED, WorkState.DRAFTED, WorkState.APPROVED)
 
@@ -177,7 +175,18 @@ def publish(summary: dict[str, Any], report: ReconcileReport) -> None:
     )
 
 
-write_back = task(write_back_to_source, name="write-back", retries=2, retry_delay_seconds=10,
-                  retry_condition_fn=worth_retrying, cache_policy=NO_CACHE)  # fmt: skip
-reconcile = task(reconcile_period, name="reconcile", retries=2, retry_delay_seconds=5,
-                 retry_condition_fn=worth_retrying, cache_policy=NO_CACHE)  # fmt: skip
+def _written_back(result: dict[str, Any]) -> str:
+    failed = result.get("failed") or {}
+    return (f"wrote {plural(int(result.get('written', 0)), 'invoice number')} back to the source"
+            + (f"; {len(failed)} failed (retried next run): {failed}" if failed else ""))  # fmt: skip
+
+
+def _reconciled(report: ReconcileReport) -> str:
+    agree = len(report.invoices) - len(report.mismatches)
+    return (f"{agree} of {plural(len(report.invoices), 'posted invoice')} agree with the ERP to the cent; "
+            f"{len(report.mismatches)} mismatched, {len(report.duplicates)} duplicated, "
+            f"{len(report.unbilled)} billed work items missing")  # fmt: skip
+
+
+write_back = stage(write_back_to_source, name="write-back", says=_written_back, retries=2, retry_delay_seconds=10)
+reconcile = stage(reconcile_period, name="reconcile", says=_reconciled, retries=2)

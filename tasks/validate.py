@@ -11,8 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from billing.ledger import Ledger, WorkState
 from billing.models import WorkBatch
@@ -29,6 +27,7 @@ from rules.quality import (
     write_data_docs,
 )
 from rules.schema import RuleSet, load_rules
+from tasks.stage import plural, stage
 
 
 @dataclass
@@ -154,4 +153,12 @@ def validate_batch(settings: Settings, batch: WorkBatch, now: datetime | None = 
                      outcomes=checked.all)  # fmt: skip
 
 
-validate_stage = task(validate_batch, name="validate", cache_policy=NO_CACHE)
+def _validated(validated: Validated) -> str:
+    quarantined = [f"{plural(len(o.quarantined), 'row')} of {o.suite}"
+                   for o in validated.outcomes if len(o.quarantined)]  # fmt: skip
+    where = f" (Data Docs: {validated.data_docs})" if validated.data_docs else ""
+    return (f"{plural(len(validated.worklogs), 'work log')} and {plural(len(validated.usage), 'usage record')} "
+            f"passed their suites; quarantined: {', '.join(quarantined) or 'none'}{where}")  # fmt: skip
+
+
+validate_stage = stage(validate_batch, name="validate", says=_validated, resume=True)

@@ -18,6 +18,7 @@ import yaml
 
 from billing.ledger import Ledger
 from billing.settings import Settings
+from flows.run_state import summary_of
 from flows.ticket_to_invoice import ticket_to_invoice
 from tests.conftest import DEMO_RULES, SAMPLE
 
@@ -34,7 +35,7 @@ def run(home: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., dict[str, 
         parameters.setdefault("input_dir", str(SAMPLE))
         parameters.setdefault("erp", "files")  # Tryton has its own tests (test_tryton.py)
         parameters.setdefault("rules", str(DEMO_RULES))
-        return ticket_to_invoice(**parameters)
+        return summary_of(ticket_to_invoice(**parameters, return_state=True))
 
     return run
 
@@ -123,20 +124,42 @@ def test_a_row_fixed_at_the_source_is_billed_on_a_supplementary_invoice(
     assert {i["key"]: i["total_minor"] for i in second["invoices"] if i["version"] == 1} == originals
 
 
+def form_answer(schema: dict[str, Any], approver: str, decide: Callable[[str], str], note: str = "") -> dict[str, Any]:
+    """What a person fills in: ``decide(title)`` for each invoice (its title is customer · period · total)."""
+    answer: dict[str, Any] = {"approver": approver}
+    for name, field in schema["properties"].items():
+        if name.endswith("_note"):
+            answer[name] = note
+        elif name != "approver":
+            answer[name] = decide(field["title"])
+    return answer
+
+
 def _answer_when_paused(answer: dict[str, str], answered: list[str]) -> threading.Thread:
-    """Play the human: wait for the paused run, then resume it with the form's answer."""
+    """Play the human: wait for the paused run, read its form, then resume it with one decision per invoice
+    (``answer["decision"]`` for all, unless ``answer["by_customer"]`` names one per customer name prefix)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
     from prefect.flow_runs import resume_flow_run
+    from prefect.input.run_input import keyset_from_paused_state
+
+    def decide(title: str) -> str:
+        return next((d for prefix, d in answer.get("by_customer", {}).items() if title.startswith(prefix)),
+                    answer["decision"])  # fmt: skip
 
     def human() -> None:
         paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
-        for _ in range(120):
+        for _ in range(240):
             with get_client(sync_client=True) as client:
                 runs = client.read_flow_runs(flow_run_filter=paused, limit=5)
-            if runs:
-                resume_flow_run(runs[0].id, run_input=answer)
+                try:  # saved just after the run paused
+                    form = keyset_from_paused_state(runs[0].state)["schema"] if runs else ""
+                    schema = json.loads(client.read_flow_run_input(runs[0].id, form)) if runs else None
+                except Exception:
+                    schema = None
+            if runs and schema:
+                resume_flow_run(runs[0].id, run_input=form_answer(schema, answer["approver"], decide, answer["note"]))
                 answered.append(str(runs[0].id))
                 return
             time.sleep(0.5)
@@ -185,6 +208,34 @@ def test_rejected_drafts_are_not_posted(run: Callable[..., dict[str, Any]]) -> N
     assert summary["counts"]["pending_approval"] == summary["work_items_total"] - 48  # 40 non-billable + 8 bad
 
 
+def test_each_invoice_is_decided_on_its_own(run: Callable[..., dict[str, Any]], settings: Settings) -> None:
+    answered: list[str] = []
+    decisions = {"Acme": "approve", "Northwind": "reject"}  # Globex and Initech: "decide later"
+    human = _answer_when_paused({"approver": "pat", "decision": "decide later", "note": "checked",
+                                 "by_customer": decisions}, answered)  # fmt: skip
+    summary = run(approve="manual")
+    human.join(timeout=5)
+
+    assert answered
+    status = {i["customer"]: i["status"] for i in summary["invoices"]}
+    assert status == {"ACME": "posted", "NORTHWIND": "rejected", "GLOBEX": "drafted", "INITECH": "drafted"}
+    assert summary["new_postings"] == 1
+    ledger = Ledger(settings.resolved_ledger_url)
+    rejected = next(i for i in summary["invoices"] if i["customer"] == "NORTHWIND")
+    decision = ledger.approvals(rejected["key"])[-1]
+    assert (decision.approver, decision.decision, decision.note) == ("pat", "rejected", "checked")
+
+    # A rejected draft stays rejected on the next run (its work did not change); a later decision posts it.
+    again = run(approve="auto")
+    assert {i["customer"]: i["status"] for i in again["invoices"]}["NORTHWIND"] == "rejected"
+    from flows.approvals import decide
+
+    said = decide(settings, approver="pat", approved=True, note="rates fixed with the customer",
+                  drafts=[rejected["key"]])  # fmt: skip
+    assert said == [f"approved: {rejected['key']}"]
+    assert {i["customer"]: i["status"] for i in run(approve="auto")["invoices"]}["NORTHWIND"] == "posted"
+
+
 def test_nobody_answers_and_the_drafts_stay_pending(
     run: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -229,7 +280,7 @@ def test_the_approve_command_answers_a_paused_run(run: Callable[..., dict[str, A
     summary = run(approve="manual")
     thread.join(timeout=10)
 
-    assert answers and "approved: flow run" in answers[0].stdout
+    assert answers and "resumed flow run" in answers[0].stdout
     assert {i["status"] for i in summary["invoices"]} == {"posted"}
     decision = Ledger(settings.resolved_ledger_url).approvals(summary["invoices"][0]["key"])[-1]
     assert (decision.approver, decision.decision, decision.note) == ("kim@example.com", "approved", "ok by phone")
@@ -374,7 +425,11 @@ def test_customers_unknown_to_the_erp_are_not_posted_when_it_may_not_create_them
     run: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TICKET_TO_INVOICE_ERP_CREATES_CUSTOMERS", "false")
-    first = run()
+    state = ticket_to_invoice(input_dir=str(SAMPLE), erp="files", rules=str(DEMO_RULES), return_state=True)
+    assert state.is_failed()  # never Completed (green) with invoices left unposted
+    assert state.message.startswith("2 invoice(s) of 2026-10 not posted: t2i:")
+    assert "(Globex" in state.message and "the customer is not mapped to the ERP" in state.message
+    first = summary_of(state)
     posted = {i["customer"] for i in first["invoices"] if i["status"] == "posted"}
     assert posted == {"ACME", "NORTHWIND"}  # the two with an erp_ref
     refused = {f["draft_key"].split(":")[1]: f["error"] for f in first["posting_failures"]}
