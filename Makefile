@@ -1,4 +1,4 @@
-# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+# Three commands do all the set-up on a fresh machine: `make run`, `make serve` and `make test`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +9,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export GX_ANALYTICS_ENABLED ?= false
 
-.PHONY: run test lint ui bench install clean
+.PHONY: run serve test lint ui bench install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ticket-to-invoice needs Python 3.11 or newer")'
@@ -23,6 +23,10 @@ install: $(STAMP)
 ## Bill the sample export on embedded defaults (file-drop source, file-export ERP under var/).
 run: $(STAMP)
 	$(BIN)/ticket-to-invoice run
+
+## The service on 127.0.0.1: Prefect server + UI (:4200), a worker, every deployment, automations, webhook receiver.
+serve: $(STAMP)
+	$(BIN)/ticket-to-invoice serve
 
 ## Lint and run every test (unit and integration).
 test: $(STAMP)

@@ -11,7 +11,9 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -376,6 +378,39 @@ def approve(
         raise _fail(exc) from None
     for line in said:
         out.print(line)
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="Port of the Prefect server and UI on 127.0.0.1.")] = 4200,
+) -> None:
+    """Run the service on this machine: Prefect server and UI, a process worker, every deployment of
+    prefect.yaml, the automations and the webhook receiver (all on 127.0.0.1). Ctrl-C stops all of it.
+
+    Examples:
+
+        ticket-to-invoice serve          # then open http://127.0.0.1:4200 and "Run" the on-demand deployment
+
+        TICKET_TO_INVOICE_HOME=/srv/billing ticket-to-invoice serve --port 4300
+    """
+    settings = load_settings()
+    check_home(settings)
+    from flows.service import running_service
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even when started in the background
+    try:
+        with running_service(settings, port=port, say=lambda m: out.print(f"[dim]{m}[/]")) as service:
+            out.print(service.describe())
+            while not stop.wait(1):
+                pass
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as exc:  # a part that did not start: its log says why
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print("stopped")
 
 
 def main() -> None:
