@@ -1,0 +1,129 @@
+"""The service as users run it: `ticket-to-invoice serve`, then deployments run through the real worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED", "PAUSED")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    home = tmp_path_factory.mktemp("service") / "home"
+    port, receiver = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TICKET_TO_INVOICE_"))}
+    env |= {"TICKET_TO_INVOICE_HOME": str(home), "TICKET_TO_INVOICE_RECEIVER_PORT": str(receiver),
+            "TICKET_TO_INVOICE_ERP": "files"}  # fmt: skip
+    log = home.parent / "serve.log"
+    with log.open("wb") as out:
+        serve = subprocess.Popen([str(BIN / "ticket-to-invoice"), "serve", "--port", str(port)], env=env,
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        for _ in range(600):
+            if "Ctrl-C stops everything" in log.read_text(errors="replace"):
+                break
+            assert serve.poll() is None, log.read_text(errors="replace")[-3000:]
+            time.sleep(1)
+        else:
+            pytest.fail("the service did not start in 10 minutes: " + log.read_text(errors="replace")[-3000:])
+        yield f"http://127.0.0.1:{port}/api", env | {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    finally:
+        os.killpg(serve.pid, 2)  # Ctrl-C
+        serve.wait(timeout=120)
+    assert "stopped" in log.read_text(errors="replace")
+
+
+def run_deployment(api: str, name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Create a run of a deployment as the UI's "Run" does, and wait for it to end or wait for a human."""
+    deployments = {d["name"]: d for d in httpx.post(f"{api}/deployments/filter", json={"limit": 50}).json()}
+    run = httpx.post(f"{api}/deployments/{deployments[name]['id']}/create_flow_run",
+                     json={"parameters": parameters}, timeout=30).json()  # fmt: skip
+    return wait_for(api, run["id"])
+
+
+def wait_for(api: str, run_id: str, seconds: int = 600, leave: tuple[str, ...] = ()) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()
+        if run["state"]["type"] in FINAL and run["state"]["type"] not in leave:
+            return run  # type: ignore[no-any-return]
+        time.sleep(2)
+    pytest.fail(f"flow run {run_id} did not end in {seconds} s: {run['state']}")
+
+
+def logs_of(api: str, run_id: str) -> list[str]:
+    logs = httpx.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200},
+                      timeout=30).json()  # fmt: skip
+    return [entry["message"] for entry in logs]
+
+
+def test_service_deploys_everything_and_creates_the_automations(service: tuple[str, dict[str, str]]) -> None:
+    api, _ = service
+    names = {d["name"] for d in httpx.post(f"{api}/deployments/filter", json={"limit": 50}).json()}
+    assert {"monthly", "on-demand", "poll-source", "reconcile"} <= names
+    automations = {a["name"] for a in httpx.post(f"{api}/automations/filter", json={"limit": 50}).json()}
+    assert {"ticket-to-invoice: billing run failed", "ticket-to-invoice: approval timed out"} <= automations
+
+
+def test_a_manual_approval_waits_without_a_process_then_posts_what_was_approved(
+    service: tuple[str, dict[str, str]],
+) -> None:
+    api, env = service
+    run = run_deployment(api, "monthly", {"period": "2026-10"})  # approve: manual, from prefect.yaml
+    assert (run["state"]["type"], run["state"]["name"]) == ("PAUSED", "Suspended")
+    assert run["name"] == "2026-10 monthly" and "period:2026-10" in run["tags"]
+    time.sleep(3)
+    engines = subprocess.run(["pgrep", "-f", "prefect.engine"], capture_output=True, text=True).stdout.split()
+    assert engines == [], "a suspended run keeps no process of the worker"
+
+    approved = subprocess.run([str(BIN / "ticket-to-invoice"), "approve", "--approver", "kim", "--note", "ok"],
+                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    assert "resumed flow run 2026-10 monthly" in approved.stdout
+    done = wait_for(api, run["id"], leave=("PAUSED",))
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    said = logs_of(api, run["id"])
+    assert sum("Cached" in m for m in said) == 5  # extract, validate, price, draft, policy: not computed twice
+    assert any(m.startswith("posted 4 invoices: ") for m in said)
+    home = Path(env["TICKET_TO_INVOICE_HOME"])
+    assert len(list((home / "erp-files").glob("*/*.json"))) == 4
+
+    # The same period again: nothing new, nothing twice.
+    again = run_deployment(api, "on-demand", {"period": "2026-10"})
+    assert again["state"]["type"] == "COMPLETED"
+    assert any(m.startswith("posted 0 invoices") for m in logs_of(api, again["id"]))
+
+
+def test_a_bad_parameter_fails_the_run_with_one_message(service: tuple[str, dict[str, str]]) -> None:
+    api, env = service
+    run = run_deployment(api, "on-demand", {"period": "Oct 2026"})
+    assert run["state"]["type"] == "FAILED"
+    assert "--period: 'Oct 2026' is not valid: a billing period is a month written YYYY-MM" in run["state"]["message"]
+    # Still to do: the run's logs carry a traceback besides the message (issue 11, next step).
+    alerts = Path(env["TICKET_TO_INVOICE_HOME"]) / "notifications.jsonl"
+    for _ in range(60):  # the automation calls the receiver's /notifications
+        if alerts.exists() and run["id"] in alerts.read_text():
+            break
+        time.sleep(1)
+    assert alerts.exists() and run["id"] in alerts.read_text(), "no alert for the failed run"
+    assert any("Oct 2026" in json.dumps(json.loads(line)) for line in alerts.read_text().splitlines())
