@@ -159,7 +159,7 @@ def test_prefect_yaml_deploys_monthly_and_on_demand(ui: tuple[str, dict[str, str
     )
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     deployments = {d["name"]: d for d in httpx.post(f"{url}/api/deployments/filter", json={}).json()}
-    assert set(deployments) == {"monthly", "on-demand"}
+    assert {"monthly", "on-demand", "poll-source", "reconcile"} <= set(deployments)
     assert deployments["monthly"]["schedules"][0]["schedule"]["cron"] == "0 6 1 * *"
     assert deployments["monthly"]["parameters"] == {"approve": "manual"}
     assert deployments["on-demand"]["schedules"] == []
