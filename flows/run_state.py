@@ -7,6 +7,7 @@ message, never Completed and never a traceback.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect import State
@@ -62,6 +63,28 @@ def refused(error: UserFacingError) -> State[Any]:
     """The run's final state for a user's mistake: Failed with the message (and hint), no traceback."""
     message = f"{error} ({error.hint})" if error.hint else str(error)
     return Failed(message=message, data=error)
+
+
+class QuietUserErrors(logging.Filter):
+    """Drop the engine's "exited with unexpected exception" traceback when the exception is a user's mistake.
+
+    A deployment run's engine re-raises the Failed state's exception and logs it with its traceback; the run's
+    own "Finished in state Failed(...)" line already says the one message, so the traceback is only noise.
+    A bug (any other exception) keeps its traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, UserFacingError)
+
+
+def quiet_user_errors_in_run_logs() -> None:
+    logger = logging.getLogger("prefect.flow_runs")
+    if not any(isinstance(f, QuietUserErrors) for f in logger.filters):
+        logger.addFilter(QuietUserErrors())
+
+
+quiet_user_errors_in_run_logs()
 
 
 def summary_of(state: State[Any]) -> dict[str, Any]:

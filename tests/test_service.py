@@ -119,7 +119,9 @@ def test_a_bad_parameter_fails_the_run_with_one_message(service: tuple[str, dict
     run = run_deployment(api, "on-demand", {"period": "Oct 2026"})
     assert run["state"]["type"] == "FAILED"
     assert "--period: 'Oct 2026' is not valid: a billing period is a month written YYYY-MM" in run["state"]["message"]
-    # Still to do: the run's logs carry a traceback besides the message (issue 11, next step).
+    said = logs_of(api, run["id"])
+    assert any("Finished in state Failed" in m and "Oct 2026" in m for m in said)
+    assert not any("Traceback" in m for m in said), "a user's mistake is one message, not a traceback"
     alerts = Path(env["TICKET_TO_INVOICE_HOME"]) / "notifications.jsonl"
     for _ in range(60):  # the automation calls the receiver's /notifications
         if alerts.exists() and run["id"] in alerts.read_text():
