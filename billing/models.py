@@ -285,9 +285,20 @@ def empty_usage() -> pd.DataFrame:
 ISSUE_COLUMNS: tuple[str, ...] = ("key", "source_file", "source_row", "field", "value", "problem")
 
 
+@dataclass(frozen=True)
+class Scope:
+    """Part of a period billed before its end (a run on an event): one customer's resolved tickets. Usage and
+    agreement fees wait for the period's run; ``per_ticket`` makes one invoice per ticket."""
+
+    customer_id: str
+    tickets: tuple[str, ...]
+    per_ticket: bool = False
+
+
 @dataclass
 class WorkBatch:
-    """What one extraction produced: reference data, work logs of the period, and row-level problems."""
+    """What one extraction produced: reference data, work logs of the period, and row-level problems.
+    ``scope``: only part of the period (an event run), else the whole period."""
 
     source_system: str
     instance: str
@@ -300,6 +311,7 @@ class WorkBatch:
     notes: list[str] = field(default_factory=list)  # things worth telling the user (ignored columns ...)
     outside_period: int = 0  # rows that belong to another period and were left alone
     usage: pd.DataFrame = field(default_factory=empty_usage)  # usage records of the period (USAGE_COLUMNS)
+    scope: Scope | None = None
 
     @property
     def customers_by_id(self) -> dict[str, Customer]:

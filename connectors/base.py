@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
 from billing.models import InvoiceDraft, PostingFailure, PostingReceipt, WorkBatch
@@ -14,6 +15,10 @@ class SourceConnector(Protocol):
     system: str
 
     def default_period(self) -> str: ...
+
+    def period_of(self, moment: datetime) -> str:
+        """The period that work done at ``moment`` (UTC) is billed in: what a run on an event bills."""
+        ...
 
     def check(self) -> None:
         """Raise ``UserFacingError`` for input that cannot be read at all (before a flow run starts)."""

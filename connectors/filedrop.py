@@ -279,6 +279,10 @@ class FileDropSource:
             raise InputError(self.folder / "manifest.json", f"period {period!r} is not YYYY-MM", field="period")
         return period
 
+    def period_of(self, moment: datetime) -> str:
+        """An export holds one period: its manifest's; without one, the month of ``moment``."""
+        return self.default_period() if self.manifest.get("period") else f"{moment:%Y-%m}"
+
     def check(self) -> None:
         """Read every file once, so an unreadable one is reported before a run starts."""
         for entity in (CUSTOMERS, TICKETS, WORKLOGS):

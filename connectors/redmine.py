@@ -151,6 +151,9 @@ class RedmineSource:
     def default_period(self) -> str:
         return previous_month()
 
+    def period_of(self, moment: datetime) -> str:
+        return f"{moment:%Y-%m}"
+
     def custom_field_id(self, customized_type: str, name: str) -> int:
         """The id of a custom field by its name (``time_entry`` or ``issue``)."""
         if self._fields is None:

@@ -331,20 +331,30 @@ class Taxes(Strict):
         return next((t for t in self.rates if country in t.countries and not t.product_classes), self.otherwise)
 
 
+BillOn = Literal["period_end", "resolution", "each_resolution"]
+BILL_ON_HELP = (
+    "When the customer's work is invoiced. period_end: by the period's run (monthly). resolution: also as soon "
+    "as tickets are resolved (helpdesk.ticket.resolved events), one invoice for the resolutions of a burst. "
+    "each_resolution: as resolution, but one invoice per resolved ticket. Whatever is left is billed at period end."
+)
+
+
 class CustomerSpec(Strict):
-    """What a source may not know about a customer (Redmine has projects, not currencies)."""
+    """What a source may not know about a customer (Redmine has projects, not currencies), and when it is billed."""
 
     name: str | None = None
     currency: Currency | None = None
     timezone: str | None = None
     country: str | None = None
     erp_ref: str | None = None
+    bill_on: BillOn | None = Field(None, description=BILL_ON_HELP + " Empty: customer_defaults.bill_on.")
 
 
 class CustomerDefaults(Strict):
     currency: Currency = "EUR"
     timezone: str = "UTC"
     country: str | None = None
+    bill_on: BillOn = Field("period_end", description=BILL_ON_HELP)
 
 
 class RedmineMapping(Strict):
@@ -442,6 +452,11 @@ class RuleSet(Strict):
     customers: dict[str, CustomerSpec] = Field(default_factory=dict)
     customer_defaults: CustomerDefaults = CustomerDefaults()
     redmine: RedmineMapping = RedmineMapping()
+
+    def bill_on(self, customer_id: str) -> BillOn:
+        """When the customer's work is invoiced (``customers.<id>.bill_on``, else ``customer_defaults``)."""
+        spec = self.customers.get(customer_id)
+        return spec.bill_on if spec is not None and spec.bill_on else self.customer_defaults.bill_on
 
     @model_validator(mode="after")
     def _services_exist(self) -> RuleSet:

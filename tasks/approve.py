@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -41,6 +42,7 @@ from billing.ledger.store import document_hash
 from billing.models import ApprovalDecision, DraftState, InvoiceDraft
 from billing.money import format_money, to_minor
 from billing.settings import Settings
+from rules.review import review
 from rules.schema import load_rules
 from tasks.stage import plural, stage
 
@@ -49,35 +51,53 @@ PAUSE_KEY = "approval"  # one wait per run: a resumed run finds its answer under
 Decision = Literal["approve", "reject", "decide later"]
 
 
+@dataclass(frozen=True)
+class Held:
+    """A draft the policy did not approve by itself, and why (each reason in words and numbers)."""
+
+    draft: InvoiceDraft
+    reasons: tuple[str, ...]
+
+
 def split_by_policy(
     settings: Settings, drafts: Sequence[InvoiceDraft], now: datetime | None = None
-) -> tuple[list[ApprovalDecision], list[InvoiceDraft]]:
-    """Decisions the policy takes by itself, and the drafts left for a human.
+) -> tuple[list[ApprovalDecision], list[Held]]:
+    """Decisions the policy takes by itself, and the drafts held for a human with the reasons.
 
-    ``approve=auto`` (the demo default) approves everything; ``approve=manual`` approves a draft by itself
-    only when its total is below the rules' ``approval.auto_approve_below`` for its currency.
-    Drafts already decided (approved, rejected, or posted) in the ledger are left as they are.
+    ``approve=auto`` (the demo default) approves every draft; ``approve=manual`` approves a draft by itself
+    only when its total is below the rules' ``approval.auto_approve_below`` for its currency. Either way, a
+    draft the review queue flags (``approval.review``: unusual against the customer's history, a first
+    invoice, a new service, an unusual rule) is held for a human. Drafts already decided (approved, rejected,
+    or posted) in the ledger are left as they are.
     """
     now = now or datetime.now(UTC)
-    states = Ledger(settings.resolved_ledger_url).draft_states(d.key for d in drafts)
+    ledger = Ledger(settings.resolved_ledger_url)
+    states = ledger.draft_states(d.key for d in drafts)
     undecided = [d for d in drafts if states.get(d.key) == DraftState.DRAFTED]
-    if settings.approve == "auto":
-        return [
-            ApprovalDecision(draft_key=d.key, approved=True, approver=f"{POLICY}:auto", decided_at=now,
-                             note="approved automatically (--approve auto)")
-            for d in undecided
-        ], []  # fmt: skip
-    limits = load_rules(settings.rules_file).approval.auto_approve_below
-    auto, human = [], []
+    approval = load_rules(settings.rules_file).approval
+    flags = review(ledger, undecided, approval.review)
+    auto: list[ApprovalDecision] = []
+    held: list[Held] = []
     for draft in undecided:
-        limit = limits.get(draft.currency)
-        if limit is not None and draft.total_minor < to_minor(limit, draft.currency):
-            note = f"total {format_money(draft.total_minor, draft.currency)} is below {limit} {draft.currency}"
-            auto.append(ApprovalDecision(draft_key=draft.key, approved=True, approver=f"{POLICY}:threshold",
-                                         note=note, decided_at=now))  # fmt: skip
+        reasons = [flag.message for flag in flags[draft.key]]
+        limit = approval.auto_approve_below.get(draft.currency)
+        if settings.approve == "auto":
+            why_approved = "approved automatically (--approve auto)"
+        elif limit is not None and draft.total_minor < to_minor(limit, draft.currency):
+            why_approved = f"total {format_money(draft.total_minor, draft.currency)} is below {limit} {draft.currency}"
         else:
-            human.append(draft)
-    return auto, human
+            why_approved = ""
+            total = format_money(draft.total_minor, draft.currency)
+            reasons.insert(0, f"total {total} is at or above the auto-approval threshold of {limit} {draft.currency}"
+                           if limit is not None else f"no auto-approval threshold for {draft.currency} "
+                           "(approval.auto_approve_below)")  # fmt: skip
+        if reasons:
+            held.append(Held(draft, tuple(reasons)))
+        else:
+            approver = f"{POLICY}:auto" if settings.approve == "auto" else f"{POLICY}:threshold"
+            auto.append(ApprovalDecision(draft_key=draft.key, approved=True, approver=approver, note=why_approved,
+                                         decided_at=now))  # fmt: skip
+    return auto, held
 
 
 def record(settings: Settings, decisions: Sequence[ApprovalDecision]) -> None:
@@ -109,27 +129,30 @@ def explain(draft: InvoiceDraft, biggest: int = 3) -> str:
             f"{format_money(draft.tax_minor, draft.currency)}. Biggest: {said}. Key {draft.key}")  # fmt: skip
 
 
-def decision_form(drafts: Sequence[InvoiceDraft]) -> type[RunInput]:
+def decision_form(held: Sequence[Held]) -> type[RunInput]:
     """The form: who decides, then per draft a decision (titled customer · period · total with tax, so the
-    totals show without scrolling) and a note."""
+    totals show without scrolling; described by why it is held, then its lines) and a note."""
     fields: dict[str, Any] = {
         "approver": (str, Field(title="Approver", description="Your name or e-mail: recorded with every decision.")),
     }
-    for draft in drafts:
+    for draft, reasons in ((h.draft, h.reasons) for h in held):
         name = field_of(draft.key)
-        fields[name] = (Decision, Field(default="decide later", title=headline(draft), description=explain(draft)))
+        why = f"Held because: {'; '.join(reasons)}. " if reasons else ""
+        fields[name] = (Decision, Field(default="decide later", title=headline(draft),
+                                        description=why + explain(draft)))  # fmt: skip
         fields[f"{name}_note"] = (str, Field(default="", title=f"Note on {draft.customer_name or draft.customer_id}",
                                              description="Why (recorded with the decision)."))  # fmt: skip
     return create_model("InvoiceDecisions", __base__=RunInput, **fields)
 
 
-def describe(drafts: Sequence[InvoiceDraft]) -> str:
-    rows = "\n".join(f"| {d.customer_name or d.customer_id} | {d.period} | {len(d.lines)} | "
-                     f"{format_money(d.gross_minor, d.currency)} |" for d in drafts)  # fmt: skip
+def describe(held: Sequence[Held]) -> str:
+    rows = "\n".join(f"| {h.draft.customer_name or h.draft.customer_id} | {h.draft.period} | {len(h.draft.lines)} | "
+                     f"{format_money(h.draft.gross_minor, h.draft.currency)} | {'; '.join(h.reasons)} |"
+                     for h in held)  # fmt: skip
     return (
-        f"### {len(drafts)} invoice draft(s) wait for your decision\n\n| customer | period | lines | total with tax |"
-        f"\n|---|---|---:|---:|\n{rows}\n\nDecide each below (approve, reject, or decide later); only approved "
-        "invoices are posted. Or: `ticket-to-invoice approve --draft KEY --approver NAME`."
+        f"### {len(held)} invoice draft(s) wait for your decision\n\n| customer | period | lines | total with tax "
+        f"| held because |\n|---|---|---:|---:|---|\n{rows}\n\nDecide each below (approve, reject, or decide "
+        "later); only approved invoices are posted. Or: `ticket-to-invoice approve --draft KEY --approver NAME`."
     )
 
 
@@ -181,15 +204,17 @@ def wait_here(form: type[RunInput], timeout: float, poll_seconds: float = 2.0) -
     return None
 
 
-def ask_a_human(settings: Settings, drafts: Sequence[InvoiceDraft]) -> list[ApprovalDecision]:
+def ask_a_human(settings: Settings, held: Sequence[Held]) -> list[ApprovalDecision]:
     """Wait for a person's decisions on ``drafts`` and record them (called from the flow: a task cannot wait).
 
     A decision about a draft that changed while the run waited (another run re-drafted it) is not applied."""
-    if not drafts:
+    if not held:
         return []
+    drafts = [h.draft for h in held]
     logger = get_run_logger()
-    form = decision_form(drafts).with_initial_data(description=describe(drafts), approver="")
-    logger.info("%d draft(s) wait for a human: %s", len(drafts), "; ".join(headline(d) for d in drafts))
+    form = decision_form(held).with_initial_data(description=describe(held), approver="")
+    for h in held:
+        logger.info("waits for a human: %s, because %s", headline(h.draft), "; ".join(h.reasons))
     if in_a_deployment():  # the worker is released; "Resume" runs the flow again and lands here with the answer
         answer = suspend_flow_run(wait_for_input=form, key=PAUSE_KEY)
     else:
@@ -215,8 +240,8 @@ def _by_key(drafts: Sequence[InvoiceDraft], decision: ApprovalDecision) -> Invoi
     return next(d for d in drafts if d.key == decision.draft_key)
 
 
-def decide_by_policy(settings: Settings, drafts: list[InvoiceDraft]) -> list[InvoiceDraft]:
-    """Record the policy's own decisions; return the drafts that need a human."""
+def decide_by_policy(settings: Settings, drafts: list[InvoiceDraft]) -> list[Held]:
+    """Record the policy's own decisions; return the drafts held for a human, with the reasons."""
     auto, human = split_by_policy(settings, drafts)
     record(settings, auto)
     return human

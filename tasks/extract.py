@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from billing.errors import ConfigurationError
 from billing.ledger import Ledger
-from billing.models import WorkBatch
+from billing.models import Scope, WorkBatch, empty_usage
 from billing.settings import Settings
 from connectors.base import SourceConnector
 from connectors.filedrop import FileDropSource
@@ -60,6 +60,33 @@ def only_unbilled(batch: WorkBatch, billed: set[str]) -> WorkBatch:
     keep = [frame[~frame["key"].isin(billed)].reset_index(drop=True)
             for frame in (batch.worklogs, batch.usage, batch.issues)]  # fmt: skip
     return replace(batch, worklogs=keep[0], usage=keep[1], issues=keep[2])
+
+
+RESOLVED_STATUSES = frozenset({"resolved", "closed", "done", "solved", "completed"})
+
+
+def ticket_customer(batch: WorkBatch, ticket: str) -> str | None:
+    """The customer of a ticket of the batch, or None when the batch does not know it."""
+    found = batch.tickets.loc[batch.tickets["ticket_id"].astype(str) == str(ticket), "customer_id"]
+    return str(found.iloc[0]) if len(found) else None
+
+
+def resolved_work(batch: WorkBatch, customer: str, ticket: str = "", per_ticket: bool = False) -> WorkBatch:
+    """The part of ``batch`` a run on a resolution bills: the customer's resolved tickets (``ticket``, which an
+    event says is resolved, and every other one the source shows resolved or closed) and their work logs.
+    Usage records and work without a ticket wait for the period's run."""
+    tickets = batch.tickets
+    ids = tickets["ticket_id"].astype(str)
+    status = tickets["status"].astype(str).str.strip().str.lower() if "status" in tickets else ""
+    resolved = tickets["resolved_at"].notna() if "resolved_at" in tickets else False
+    chosen = tickets[(tickets["customer_id"].astype(str) == customer) & (resolved | status.isin(RESOLVED_STATUSES)
+                                                                          | (ids == str(ticket)))]  # fmt: skip
+    chosen_ids = set(chosen["ticket_id"].astype(str))
+    worklogs = batch.worklogs[batch.worklogs["ticket_id"].astype(str).isin(chosen_ids)].reset_index(drop=True)
+    issues = batch.issues[batch.issues["key"].isin(worklogs["key"])].reset_index(drop=True)
+    return replace(batch, tickets=chosen.reset_index(drop=True), worklogs=worklogs, issues=issues,
+                   usage=empty_usage(), customers=[c for c in batch.customers if c.customer_id == customer],
+                   scope=Scope(customer, tuple(sorted(chosen_ids)), per_ticket))  # fmt: skip
 
 
 def _extracted(batch: WorkBatch) -> str:

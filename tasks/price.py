@@ -138,9 +138,10 @@ def line_items(lines: pd.DataFrame) -> list[str]:
 
 
 def rule_lines(batch: WorkBatch, rules: RuleSet) -> pd.DataFrame:
-    """Lines the rules make for the period rather than the work: agreement fees and milestones due."""
-    parts = [agreement_fees(batch.customers, rules, batch.period),
-             milestones_due(batch.tickets, batch.customers, rules, batch.period)]  # fmt: skip
+    """Lines the rules make for the period rather than the work: agreement fees and milestones due (a run on
+    an event bills the milestones of its tickets; the fees wait for the period's run)."""
+    fees = agreement_fees(batch.customers, rules, batch.period) if batch.scope is None else pd.DataFrame()
+    parts = [fees, milestones_due(batch.tickets, batch.customers, rules, batch.period)]
     made = [p for p in parts if len(p)]
     return pd.concat(made, ignore_index=True) if made else pd.DataFrame()
 
@@ -162,7 +163,8 @@ def build_drafts(settings: Settings, batch: WorkBatch, lines: pd.DataFrame) -> l
     """Group charge lines into drafts and make them the period's unposted drafts in the ledger."""
     ledger = Ledger(settings.resolved_ledger_url)
     drafts = plan_drafts(batch, lines, load_rules(settings.rules_file), ledger)
-    ledger.save_drafts(batch.period, drafts, actor="draft")
+    scoped = {batch.scope.customer_id} if batch.scope else None  # an event run leaves other customers' drafts be
+    ledger.save_drafts(batch.period, drafts, actor="draft", customers=scoped)
     return drafts
 
 
@@ -186,7 +188,10 @@ def group_drafts(
     drafts = []
     lines = draw_down(lines, rules, balances(rules, batch.period, history))
     ordered = lines.sort_values(["customer_id", "currency", "started_at", "source_id"])
-    for (customer_id, currency), group in ordered.groupby(["customer_id", "currency"], sort=True):
+    per_ticket = batch.scope is not None and batch.scope.per_ticket  # one invoice per ticket: v1, v2 ...
+    ordered = ordered.assign(_invoice=ordered["ticket_id"].astype(str) if per_ticket else "")
+    numbered: dict[tuple[str, str], int] = {}
+    for (customer_id, currency, _), group in ordered.groupby(["customer_id", "currency", "_invoice"], sort=True):
         customer = customers[customer_id]
         charge_lines = tuple(
             ChargeLine(
@@ -203,7 +208,8 @@ def group_drafts(
         tickets = {k: t for k, t in zip(group["key"], group["ticket_id"], strict=True) if _present(t)}
         prior = prior_cap_use(history, customer_id, currency, batch.period, rules)
         charge_lines += tuple(adjust(list(charge_lines), tickets, rules, rules.money_rounding(currency), prior))
-        version = posted.get((customer_id, "default", currency), 0) + 1
+        numbered[customer_id, currency] = numbered.get((customer_id, currency), 0) + 1
+        version = posted.get((customer_id, "default", currency), 0) + numbered[customer_id, currency]
         tax = rules.taxes.for_country(customer.country)
         drafts.append(InvoiceDraft(
             customer_id=customer_id, period=batch.period, currency=currency, version=version, lines=charge_lines,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import cache
 from pathlib import Path
@@ -354,8 +354,10 @@ class Ledger:
             )
             return {(c, a, cur): v for c, a, cur, v in rows}
 
-    def save_drafts(self, period: str, drafts: Sequence[InvoiceDraft], actor: str) -> list[InvoiceDraft]:
-        """Make ``drafts`` the period's unposted drafts, in one transaction.
+    def save_drafts(
+        self, period: str, drafts: Sequence[InvoiceDraft], actor: str, customers: Collection[str] | None = None
+    ) -> list[InvoiceDraft]:
+        """Make ``drafts`` the period's unposted drafts (of ``customers`` only, when given), in one transaction.
 
         A draft whose content is unchanged keeps its state (and so its approval); a changed one replaces
         the old and must be approved again; an unposted draft no longer produced is removed. A new draft
@@ -371,6 +373,7 @@ class Ledger:
                 for row in session.scalars(
                     select(InvoiceDraftRow).where(InvoiceDraftRow.period == period, InvoiceDraftRow.state.in_(unposted))
                 )
+                if customers is None or row.customer_id in customers
             }
             keep = {
                 k
