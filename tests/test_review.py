@@ -14,8 +14,10 @@ import pytest
 from billing.ledger import Ledger
 from billing.ledger.history import HISTORY_COLUMNS, customer_history, services_billed, shift_period
 from billing.models import ApprovalDecision, ChargeLine, InvoiceDraft, PostingReceipt
+from billing.settings import Settings
 from rules.review import ReviewFlag, review, review_flags
 from rules.schema import ReviewRules, load_rules
+from tasks.approve import decision_form, field_of, split_by_policy
 from tests.conftest import DEMO_RULES
 
 TOTAL_ONLY = ReviewRules(metrics=["total"])
@@ -372,3 +374,33 @@ def test_hours_where_there_were_none() -> None:
         "hours 3.00 h is above this customer's median of 0.00 h over the last 6 months (2026-04 … 2026-09), "
         "which most months matched exactly",
     )]  # fmt: skip
+
+
+# --- the policy: flagged drafts go to a human, whatever the approval mode ----------------------------------------
+
+
+def test_flagged_drafts_wait_for_a_human_even_under_auto_with_the_reason(settings: Settings, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"  # the demo rules, with the review's defaults (the demo turns two checks off)
+    rules.write_text(f"extends: {DEMO_RULES}\nname: r\n"
+                     "approval:\n  review: {first_invoice: true, new_services: true}\n")  # fmt: skip
+    ledger = Ledger(settings.resolved_ledger_url)
+    posted(ledger, draft(line(10000, **on("2026-09")), period="2026-09"))  # ACME was invoiced before, BETA never
+    acme, beta = draft(line(12000)), draft(line(9000, customer="BETA"), customer="BETA")
+    ledger.save_drafts("2026-10", [acme, beta], actor="test")
+
+    auto, held = split_by_policy(settings.model_copy(update={"rules_file": rules, "approve": "auto"}), [acme, beta])
+    assert [(d.draft_key, d.approver) for d in auto] == [(acme.key, "policy:auto")]
+    assert [(h.draft.key, h.reasons) for h in held] == [(beta.key, ("first invoice for this customer",))]
+    form = decision_form(held).model_json_schema()["properties"][field_of(beta.key)]
+    assert form["description"].startswith("Held because: first invoice for this customer. ")
+
+    # Under manual, both are below the threshold (5,000.00 EUR): ACME passes, BETA is still held, for one reason.
+    auto, held = split_by_policy(settings.model_copy(update={"rules_file": rules, "approve": "manual"}), [acme, beta])
+    assert [(d.draft_key, d.approver, d.note) for d in auto] == [
+        (acme.key, "policy:threshold", "total 120.00 EUR is below 5000.00 EUR")
+    ]
+    assert [h.reasons for h in held] == [("first invoice for this customer",)]
+
+    # With the demo's own rules (first invoices not held), nothing waits under auto.
+    auto, held = split_by_policy(settings.model_copy(update={"approve": "auto"}), [acme, beta])
+    assert (len(auto), held) == (2, [])
