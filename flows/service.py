@@ -12,10 +12,13 @@ another behind, and the worker gets the environment a production worker needs to
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -49,12 +52,18 @@ class Service:
             f"Prefect UI         {self.ui_url}",
             f"Prefect API        {self.api_url}",
             f"webhook receiver   {self.receiver_url}/hooks/<source>   (alerts: {self.receiver_url}/notifications)",
-            f"work pool          {WORK_POOL} (one process worker)",
+            f"work pool          {WORK_POOL} (one process worker; runs start warm)",
             f"deployments        {', '.join(self.deployments)}",
             f"automations        {', '.join(self.automations)}",
             f"home               {self.home}",
             "Ctrl-C stops everything.",
         ])  # fmt: skip
+
+
+def warm_socket(settings: Settings) -> Path:
+    """The warm server's socket: short (a Unix socket path has at most 107 bytes), one per home."""
+    digest = hashlib.sha1(str(settings.home.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"t2i-warm-{digest}.sock"
 
 
 def service_environment(settings: Settings, api_url: str) -> dict[str, str]:
@@ -64,11 +73,12 @@ def service_environment(settings: Settings, api_url: str) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_CLI_PROMPT": "false",
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
-        "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "2"),
+        "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "1"),
         "TICKET_TO_INVOICE_HOME": str(settings.home),
         "TICKET_TO_INVOICE_PROJECT": str(PROJECT_ROOT),
         "TICKET_TO_INVOICE_RECEIVER_PORT": str(settings.receiver_port),
         "GX_ANALYTICS_ENABLED": "false",
+        "TICKET_TO_INVOICE_WARM_SOCKET": str(warm_socket(settings)),
     }
 
 
@@ -115,11 +125,24 @@ def wait_until(ready: Callable[[], bool], what: str, seconds: float, alive: subp
     raise RuntimeError(f"{what} did not start within {seconds:.0f} s; its log: {log}")
 
 
+def warm_pool_template(path: Path) -> Path:
+    """The process pool's job template with the warm starter as its command (``flows.warm``): a run starts
+    from the warm server when it is there, as ``python -m prefect.engine`` when it is not."""
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    template["variables"]["properties"]["command"]["default"] = f"{sys.executable} -m flows.warm"
+    path.write_text(json.dumps(template, indent=2))
+    return path
+
+
 def deploy(env: dict[str, str], log: Path) -> None:
-    """Every deployment in prefect.yaml, to the work pool (made first, if new)."""
+    """Every deployment in prefect.yaml, to the work pool (made, or its job template updated, first)."""
+    template = warm_pool_template(log.parent / "work-pool-template.json")
     with log.open("ab") as out:
-        subprocess.run([str(BIN / "prefect"), "work-pool", "create", WORK_POOL, "--type", "process"], env=env,
-                       cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=300)  # fmt: skip
+        subprocess.run([str(BIN / "prefect"), "work-pool", "create", WORK_POOL, "--type", "process",
+                        "--base-job-template", str(template), "--overwrite"], env=env, cwd=PROJECT_ROOT, stdout=out,
+                       stderr=subprocess.STDOUT, timeout=300)  # fmt: skip
         done = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env=env, cwd=PROJECT_ROOT,
                               stdout=out, stderr=subprocess.STDOUT, timeout=600)  # fmt: skip
     if done.returncode != 0:
@@ -195,6 +218,12 @@ def running_service(settings: Settings, port: int = 4200, say: Callable[[str], N
         deploy(env, logs / "deploy.log")
         os.environ.update({"PREFECT_API_URL": api_url})
         automations = create_automations(settings, receiver_url)
+        say("starting the warm server (flows, pandas and Great Expectations loaded once, a fork per run)")
+        socket_path = warm_socket(settings)
+        socket_path.unlink(missing_ok=True)  # one left by a service that was killed
+        warm = stack.enter_context(process([sys.executable, "-m", "flows.warm", "server", "--socket",
+                                            str(socket_path)], env, logs / "warm.log"))  # fmt: skip
+        wait_until(socket_path.exists, "the warm server", 180, warm, logs / "warm.log")
         say("starting a process worker")
         stack.enter_context(process([prefect, "worker", "start", "--pool", WORK_POOL, "--name", "local-worker"], env,
                                     logs / "worker.log"))  # fmt: skip

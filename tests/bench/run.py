@@ -44,13 +44,14 @@ def median_of_three(work: Any) -> tuple[float, Any]:
 
 
 def main(names: list[str]) -> None:
-    from tests.bench import bench_faults, bench_pricing, bench_tryton, bench_validation
+    from tests.bench import bench_events, bench_faults, bench_pricing, bench_tryton, bench_validation
 
     benchmarks: dict[str, Callable[[], dict[str, Any]]] = {
         "pricing": bench_pricing.run,
         "tryton_posting": bench_tryton.run,
         "validation": bench_validation.run,
         "fault_trials": bench_faults.run,
+        "event_to_invoice": bench_events.run,
     }
     chosen = names or list(benchmarks)
     unknown = sorted(set(chosen) - set(benchmarks))

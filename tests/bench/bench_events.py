@@ -1,0 +1,124 @@
+"""``event_to_invoice``: signed "ticket resolved" webhooks through the receiver of a running service (``serve``:
+server, worker, every deployment and its triggers), each timed from the request to its invoice posted.
+
+Twenty customers (``bill_on: resolution``), one resolved ticket each; one event at a time, so each figure is
+the latency a helpdesk sees, not a queue. ERP ``files`` here (``T2I_BENCH_EVENTS_ERP=tryton`` for the
+embedded Tryton); p50 and p95 in seconds. Target (issue 11): p50 <= 5 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+EVENTS = 20
+SECRET = "bench-secret"
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_export(folder: Path, customers: int) -> list[tuple[str, str]]:
+    """An export of October 2026 with one resolved ticket (one hour of remote support) per customer."""
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"source": "files", "instance": "bench", "period": "2026-10"}))
+    pairs = [(f"C{n:03d}", f"T-{n:03d}") for n in range(1, customers + 1)]
+    (folder / "customers.json").write_text(json.dumps([
+        {"customer_id": c, "name": f"Customer {c}", "currency": "EUR", "timezone": "Europe/Berlin", "country": "DE"}
+        for c, _ in pairs
+    ]))  # fmt: skip
+    tickets = ["ticket_id,customer_id,subject,ticket_type,priority,status,created_at,resolved_at"]
+    worklogs = ["worklog_id,ticket_id,customer_id,user,service_type,started_at,duration_minutes,billable,note"]
+    for n, (customer, ticket) in enumerate(pairs, start=1):
+        resolved = "closed,2026-10-05T08:00:00Z,2026-10-09T12:00:00Z"
+        tickets.append(f"{ticket},{customer},Ticket {n},incident,normal,{resolved}")
+        worklogs.append(f"WL-{n:03d},{ticket},{customer},anna,remote_support,2026-10-06T09:00:00Z,60,true,")
+    (folder / "tickets.csv").write_text("\n".join(tickets) + "\n")
+    (folder / "worklogs.csv").write_text("\n".join(worklogs) + "\n")
+    return pairs
+
+
+def signed(body: bytes) -> dict[str, str]:
+    stamp = str(int(time.time()))
+    digest = hmac.new(SECRET.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return {"Content-Type": "application/json", "X-T2I-Timestamp": stamp, "X-T2I-Delivery": str(uuid.uuid4()),
+            "X-T2I-Signature": f"sha256={digest}"}  # fmt: skip
+
+
+def posted(home: Path, customer: str) -> bool:
+    return any(json.loads(p.read_text())["customer"]["id"] == customer for p in (home / "erp-files").glob("*/*.json"))
+
+
+def run() -> dict[str, Any]:
+    erp = os.environ.get("T2I_BENCH_EVENTS_ERP", "files")
+    with tempfile.TemporaryDirectory(prefix="t2i-bench-events-") as tmp:
+        root = Path(tmp)
+        home, export = root / "home", root / "export"
+        pairs = write_export(export, EVENTS)
+        rules = root / "rules.yaml"
+        demo = Path(__file__).parents[2] / "rules" / "examples" / "demo.yaml"
+        rules.write_text(f"extends: {demo}\nname: bench-events\ncustomer_defaults: {{bill_on: resolution}}\n")
+        port, receiver = _free_port(), _free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TICKET_TO_INVOICE_"))}
+        env |= {"TICKET_TO_INVOICE_HOME": str(home), "TICKET_TO_INVOICE_RECEIVER_PORT": str(receiver),
+                "TICKET_TO_INVOICE_ERP": erp, "TICKET_TO_INVOICE_INPUT_DIR": str(export),
+                "TICKET_TO_INVOICE_RULES_FILE": str(rules),
+                "TICKET_TO_INVOICE_WEBHOOK_SECRETS": json.dumps({"generic": SECRET})}  # fmt: skip
+        log = root / "serve.log"
+        with log.open("wb") as out:
+            serve = subprocess.Popen([str(BIN / "ticket-to-invoice"), "serve", "--port", str(port)], env=env,
+                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 600
+            while "Ctrl-C stops everything" not in log.read_text(errors="replace"):
+                if serve.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the service did not start: " + log.read_text(errors="replace")[-3000:])
+                time.sleep(1)
+            latencies = [one_event(f"http://127.0.0.1:{receiver}", home, c, t, erp) for c, t in pairs]
+        finally:
+            os.killpg(serve.pid, 2)
+            serve.wait(timeout=120)
+    ordered = sorted(latencies)
+    return {
+        "name": "event_to_invoice",
+        "rows": len(latencies),
+        "seconds": round(sum(latencies), 2),
+        "p50_seconds": round(statistics.median(ordered), 2),
+        "p95_seconds": round(ordered[max(0, round(0.95 * len(ordered)) - 1)], 2),
+        "max_seconds": round(ordered[-1], 2),
+        "erp": erp,
+        "peak_mb": None,
+        "references": {},
+        "what": "one signed helpdesk.ticket.resolved webhook at a time through the receiver of `serve`, to the "
+        "invoice posted by the bill-on-event deployment's run (burst window 2 s included)",
+    }
+
+
+def one_event(receiver: str, home: Path, customer: str, ticket: str, erp: str) -> float:
+    body = json.dumps({"event": "helpdesk.ticket.resolved", "source": "files", "instance": "bench", "ticket": ticket,
+                       "customer": customer}).encode()  # fmt: skip
+    started = time.perf_counter()
+    answer = httpx.post(f"{receiver}/hooks/generic", content=body, headers=signed(body), timeout=30)
+    answer.raise_for_status()
+    while time.perf_counter() - started < 300:
+        if erp == "files" and posted(home, customer):
+            return time.perf_counter() - started
+        time.sleep(0.1)
+    raise SystemExit(f"no invoice for {customer} ({ticket}) within 300 s")
