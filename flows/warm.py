@@ -125,10 +125,8 @@ def warm_up() -> None:
         raise RuntimeError(f"warming up started threads: {threading.enumerate()}")
 
 
-def _become_engine(request: dict[str, Any], fds: list[int]) -> None:
-    """In the forked child: take the starter's output, environment and directory, and run the engine."""
-    import runpy
-
+def _adopt(request: dict[str, Any], fds: list[int]) -> None:
+    """In the forked child: take the starter's output, environment, directory and default signal handling."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the server's own handlers are not the engine's
     signal.signal(signal.SIGINT, signal.default_int_handler)
     stdin = os.open(os.devnull, os.O_RDONLY)
@@ -140,10 +138,19 @@ def _become_engine(request: dict[str, Any], fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
+
+
+def _run_engine(argv: list[str]) -> None:
+    """What ``python -m prefect.engine ARGV`` does, in this (forked, warm) process."""
+    import runpy
+    import warnings
+
     from prefect.context import refresh_global_settings_context
 
     refresh_global_settings_context()  # the run's own settings (API, results), not the server's
-    sys.argv = ["prefect.engine", *request["argv"]]
+    sys.argv = ["prefect.engine", *argv]
+    # Imported already (warm), and run again as __main__ here, as `python -m` would: that is the point.
+    warnings.filterwarnings("ignore", message="'prefect.engine' found in sys.modules", category=RuntimeWarning)
     runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
 
 
@@ -180,7 +187,8 @@ def serve(path: str) -> None:
                             other.close()
                         conn.close()
                         try:
-                            _become_engine(request, fds)
+                            _adopt(request, fds)
+                            _run_engine(request["argv"])
                             code = 0
                         except SystemExit as exc:
                             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -194,6 +202,8 @@ def serve(path: str) -> None:
                         os._exit(code)
                     for fd in fds:
                         os.close(fd)
+                    run_id = request["env"].get("PREFECT__FLOW_RUN_ID", "?")
+                    print(f"flow run {run_id}: engine forked as pid {pid}", flush=True)
                     _send(conn, {"pid": pid})
                     running[pid] = conn
                     selector.register(conn, selectors.EVENT_READ, data=pid)

@@ -15,10 +15,15 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.bench.bench_events import signed
+from tests.conftest import DEMO_RULES
+
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED", "PAUSED")
+SECRET = "webhook-secret"
+STARTED_HERE: list[subprocess.Popen[bytes]] = []  # processes a test started beside the service
 
 
 def _free_port() -> int:
@@ -32,8 +37,11 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dic
     home = tmp_path_factory.mktemp("service") / "home"
     port, receiver = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TICKET_TO_INVOICE_"))}
+    rules = tmp_path_factory.mktemp("rules") / "rules.yaml"  # ACME is billed on resolution, the others monthly
+    rules.write_text(f"extends: {DEMO_RULES}\nname: service\ncustomers:\n  ACME: {{bill_on: resolution}}\n")
     env |= {"TICKET_TO_INVOICE_HOME": str(home), "TICKET_TO_INVOICE_RECEIVER_PORT": str(receiver),
-            "TICKET_TO_INVOICE_ERP": "files"}  # fmt: skip
+            "TICKET_TO_INVOICE_ERP": "files", "TICKET_TO_INVOICE_RULES_FILE": str(rules),
+            "TICKET_TO_INVOICE_WEBHOOK_SECRETS": json.dumps({"generic": SECRET})}  # fmt: skip
     log = home.parent / "serve.log"
     with log.open("wb") as out:
         serve = subprocess.Popen([str(BIN / "ticket-to-invoice"), "serve", "--port", str(port)], env=env,
@@ -46,10 +54,15 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dic
             time.sleep(1)
         else:
             pytest.fail("the service did not start in 10 minutes: " + log.read_text(errors="replace")[-3000:])
-        yield f"http://127.0.0.1:{port}/api", env | {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+        yield f"http://127.0.0.1:{port}/api", env | {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+                                                     "RECEIVER": f"http://127.0.0.1:{receiver}",
+                                                     "SERVE_PID": str(serve.pid)}  # fmt: skip
     finally:
         os.killpg(serve.pid, 2)  # Ctrl-C
         serve.wait(timeout=120)
+        for started in STARTED_HERE:
+            started.terminate()
+            started.wait(timeout=60)
     assert "stopped" in log.read_text(errors="replace")
 
 
@@ -80,9 +93,34 @@ def logs_of(api: str, run_id: str) -> list[str]:
 def test_service_deploys_everything_and_creates_the_automations(service: tuple[str, dict[str, str]]) -> None:
     api, _ = service
     names = {d["name"] for d in httpx.post(f"{api}/deployments/filter", json={"limit": 50}).json()}
-    assert {"monthly", "on-demand", "poll-source", "reconcile"} <= names
+    assert {"monthly", "on-demand", "poll-source", "reconcile", "bill-on-event"} <= names
     automations = {a["name"] for a in httpx.post(f"{api}/automations/filter", json={"limit": 50}).json()}
     assert {"ticket-to-invoice: billing run failed", "ticket-to-invoice: approval timed out"} <= automations
+    assert any(name.startswith("bill-on-event") for name in automations)  # its trigger, from prefect.yaml
+
+
+def test_a_resolved_ticket_is_invoiced_through_the_receiver_and_a_forged_one_is_refused(
+    service: tuple[str, dict[str, str]],
+) -> None:
+    api, env = service
+    body = json.dumps({"event": "helpdesk.ticket.resolved", "source": "files", "instance": "sample-export",
+                       "ticket": "T-1001", "customer": "ACME"}).encode()  # fmt: skip
+    forged = signed(body, "not-the-secret")
+    assert httpx.post(f"{env['RECEIVER']}/hooks/generic", content=body, headers=forged, timeout=30).status_code == 401
+    answer = httpx.post(f"{env['RECEIVER']}/hooks/generic", content=body, headers=signed(body, SECRET), timeout=30)
+    assert answer.status_code == 202, answer.text
+    home = Path(env["TICKET_TO_INVOICE_HOME"])
+    for _ in range(120):
+        runs = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"name": {"like_": "ticket T-1001"}}},
+                          timeout=30).json()  # fmt: skip
+        if runs and runs[0]["state"]["type"] in FINAL:
+            break
+        time.sleep(1)
+    assert len(runs) == 1, "one run for the event; the forged request started none"
+    assert (runs[0]["name"], runs[0]["state"]["type"]) == ("ticket T-1001 · 2026-10", "COMPLETED")
+    [invoice] = [json.loads(p.read_text()) for p in (home / "erp-files").glob("*/*.json")]
+    assert invoice["customer"]["id"] == "ACME"  # its resolved tickets, now; its open ones wait for the month
+    assert runs[0]["id"] in (home / "service-logs" / "warm.log").read_text()  # started from the warm server
 
 
 def test_a_manual_approval_waits_without_a_process_then_posts_what_was_approved(
@@ -95,7 +133,26 @@ def test_a_manual_approval_waits_without_a_process_then_posts_what_was_approved(
     time.sleep(3)
     engines = subprocess.run(["pgrep", "-f", "prefect.engine"], capture_output=True, text=True).stdout.split()
     assert engines == [], "a suspended run keeps no process of the worker"
+    STARTED_HERE.append(restart_the_worker(int(env["SERVE_PID"])))  # the approval outlives its worker
+    approve_and_check_the_postings(api, env, run)
 
+
+def restart_the_worker(serve_pid: int) -> subprocess.Popen[bytes]:
+    """Stop the service's worker and start another like it (same command, same environment)."""
+    [pid] = subprocess.run(["pgrep", "-P", str(serve_pid), "-f", "worker start"], capture_output=True,
+                           text=True).stdout.split()  # fmt: skip
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    environment = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if item)
+    os.kill(int(pid), 15)
+    for _ in range(60):
+        if not Path(f"/proc/{pid}").exists():
+            break
+        time.sleep(1)
+    return subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+
+
+def approve_and_check_the_postings(api: str, env: dict[str, str], run: dict[str, Any]) -> None:
     approved = subprocess.run([str(BIN / "ticket-to-invoice"), "approve", "--approver", "kim", "--note", "ok"],
                               env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert approved.returncode == 0, approved.stdout + approved.stderr
@@ -106,7 +163,7 @@ def test_a_manual_approval_waits_without_a_process_then_posts_what_was_approved(
     assert sum("Cached" in m for m in said) == 5  # extract, validate, price, draft, policy: not computed twice
     assert any(m.startswith("posted 4 invoices: ") for m in said)
     home = Path(env["TICKET_TO_INVOICE_HOME"])
-    assert len(list((home / "erp-files").glob("*/*.json"))) == 4
+    assert len(list((home / "erp-files").glob("*/*.json"))) == 5  # and ACME's invoice billed on resolution
 
     # The same period again: nothing new, nothing twice.
     again = run_deployment(api, "on-demand", {"period": "2026-10"})
