@@ -201,6 +201,7 @@ def running_service(settings: Settings, port: int = 4200, say: Callable[[str], N
     logs.mkdir(parents=True, exist_ok=True)
     api_url = f"http://127.0.0.1:{port}/api"
     env = service_environment(settings, api_url) | {"PREFECT_UI_API_URL": api_url}
+    os.environ["PREFECT_API_URL"] = api_url  # before this process imports prefect: its settings are read once
     receiver_url = f"http://127.0.0.1:{settings.receiver_port}"
     prefect = str(BIN / "prefect")
     with ExitStack() as stack:
@@ -216,7 +217,6 @@ def running_service(settings: Settings, port: int = 4200, say: Callable[[str], N
                    120, receiver, logs / "receiver.log")  # fmt: skip
         say("deploying every deployment of prefect.yaml")
         deploy(env, logs / "deploy.log")
-        os.environ.update({"PREFECT_API_URL": api_url})
         automations = create_automations(settings, receiver_url)
         say("starting the warm server (flows, pandas and Great Expectations loaded once, a fork per run)")
         socket_path = warm_socket(settings)

@@ -197,9 +197,7 @@ def serve(path: str) -> None:
 
                             traceback.print_exc()
                             code = 1
-                        sys.stdout.flush()
-                        sys.stderr.flush()
-                        os._exit(code)
+                        _exit_like_an_interpreter(code)
                     for fd in fds:
                         os.close(fd)
                     run_id = request["env"].get("PREFECT__FLOW_RUN_ID", "?")
@@ -218,6 +216,22 @@ def serve(path: str) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         os.unlink(path)
+
+
+def _exit_like_an_interpreter(code: int) -> None:
+    """End the forked run as ``python -m prefect.engine`` ends: its exit hooks flush the run's last logs and
+    events to the API (Prefect's log and event workers), then the process goes without unwinding into the
+    server's loop (whose cleanup would signal the other runs)."""
+    import atexit
+    import logging
+
+    try:
+        atexit._run_exitfuncs()
+        logging.shutdown()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _reap(running: dict[int, socket.socket], selector: Any) -> None:

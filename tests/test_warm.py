@@ -19,6 +19,8 @@ import os, sys, time
 import flows.warm as warm
 warm.warm_up = lambda: None
 def engine(argv):
+    import atexit  # as Prefect's log and event workers flush the run's last lines at exit
+    atexit.register(lambda: open("flushed-at-exit", "w").close())
     print("engine in", os.getcwd(), "for run", os.environ["PREFECT__FLOW_RUN_ID"], flush=True)
     what = os.environ["WHAT"]
     if what == "sleep":
@@ -58,6 +60,8 @@ def test_the_run_gets_the_starters_output_directory_and_environment_and_its_exit
         out, _ = done.communicate(timeout=30)
         assert done.returncode == code
         assert out == f"engine in {tmp_path} for run run-1\n"
+        assert (tmp_path / "flushed-at-exit").exists(), "the run's exit hooks did not run"
+        (tmp_path / "flushed-at-exit").unlink()
 
 
 def test_a_cancelled_starter_passes_the_signal_on_and_ends_like_the_engine(server: str, tmp_path: Path) -> None:
