@@ -88,13 +88,13 @@ def wait_for(api: str, run_id: str, seconds: int = 600, leave: tuple[str, ...] =
     pytest.fail(f"flow run {run_id} did not end in {seconds} s: {run['state']}")
 
 
-def logs_of(api: str, run_id: str) -> list[str]:
-    """The run's log lines, once they have all arrived (the engine's last is "Finished in state ...")."""
+def logs_of(api: str, run_id: str, final: str = "Completed") -> list[str]:
+    """The run's log lines, once they have all arrived (the flow's last is "Finished in state <final>...")."""
     for _ in range(60):
         logs = httpx.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200},
                           timeout=30).json()  # fmt: skip
         said = [entry["message"] for entry in logs]
-        if any(m.startswith("Finished in state") for m in said):
+        if any(e["message"].startswith(f"Finished in state {final}") and e["task_run_id"] is None for e in logs):
             return said
         time.sleep(1)
     return said
@@ -205,6 +205,6 @@ def test_a_bad_parameter_fails_the_run_with_one_message(service: tuple[str, dict
     assert alerts.exists() and run["id"] in alerts.read_text(), "no alert for the failed run"
     assert any("Oct 2026" in json.dumps(json.loads(line)) for line in alerts.read_text().splitlines())
     # Read after the alert: by then the run's process has exited and flushed every log line it had.
-    said = logs_of(api, run["id"])
+    said = logs_of(api, run["id"], final="Failed")
     assert any("Finished in state Failed" in m and "Oct 2026" in m for m in said)
     assert not any("Traceback" in m for m in said), "a user's mistake is one message, not a traceback"

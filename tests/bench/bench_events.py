@@ -113,12 +113,13 @@ def run() -> dict[str, Any]:
     }
 
 
-PHASES = ("to_flow_run", "to_start", "to_posted")
+PHASES = ("to_event", "to_flow_run", "to_start", "to_posted")
 
 
 def one_event(receiver: str, api: str, home: Path, customer: str, ticket: str, erp: str) -> dict[str, float]:
-    """Seconds from the request to the invoice posted, and its phases: to the flow run the trigger created, to
-    the run's start (burst window, worker pick-up, engine start), to the posting."""
+    """Seconds from the request to the invoice posted, and its phases: to the event received by the server, to
+    the flow run its trigger created, to the run's start (burst window, worker pick-up, engine start), to the
+    posting."""
     body = json.dumps({"event": "helpdesk.ticket.resolved", "source": "files", "instance": "bench", "ticket": ticket,
                        "customer": customer}).encode()  # fmt: skip
     sent = time.time()
@@ -136,9 +137,13 @@ def one_event(receiver: str, api: str, home: Path, customer: str, ticket: str, e
                       timeout=30).json()  # fmt: skip
     if len(runs) != 1:
         raise SystemExit(f"expected one run for {ticket}, found {len(runs)}")
+    [event_id] = answer.json()["ids"]
+    events = httpx.post(f"{api}/events/filter", json={"filter": {"id": {"id": [event_id]}}}, timeout=30).json()
+    received = datetime.fromisoformat(events["events"][0]["received"]).timestamp() - sent
     created = datetime.fromisoformat(runs[0]["created"]).timestamp() - sent
     start = datetime.fromisoformat(runs[0]["start_time"]).timestamp() - sent
-    return {"total": total, "to_flow_run": created, "to_start": start - created, "to_posted": total - start}
+    return {"total": total, "to_event": received, "to_flow_run": created - received, "to_start": start - created,
+            "to_posted": total - start}
 
 
 def posted(home: Path, customer: str) -> bool:
