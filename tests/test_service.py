@@ -3,78 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from tests.service_fixture import BIN, logs_of, run_deployment, wait_for
+
 pytestmark = pytest.mark.integration
-
-BIN = Path(sys.executable).parent
-FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED", "PAUSED")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
-    home = tmp_path_factory.mktemp("service") / "home"
-    port, receiver = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TICKET_TO_INVOICE_"))}
-    env |= {"TICKET_TO_INVOICE_HOME": str(home), "TICKET_TO_INVOICE_RECEIVER_PORT": str(receiver),
-            "TICKET_TO_INVOICE_ERP": "files"}  # fmt: skip
-    log = home.parent / "serve.log"
-    with log.open("wb") as out:
-        serve = subprocess.Popen([str(BIN / "ticket-to-invoice"), "serve", "--port", str(port)], env=env,
-                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    try:
-        for _ in range(600):
-            if "Ctrl-C stops everything" in log.read_text(errors="replace"):
-                break
-            assert serve.poll() is None, log.read_text(errors="replace")[-3000:]
-            time.sleep(1)
-        else:
-            pytest.fail("the service did not start in 10 minutes: " + log.read_text(errors="replace")[-3000:])
-        yield f"http://127.0.0.1:{port}/api", env | {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
-    finally:
-        os.killpg(serve.pid, 2)  # Ctrl-C
-        serve.wait(timeout=120)
-    assert "stopped" in log.read_text(errors="replace")
-
-
-def run_deployment(api: str, name: str, parameters: dict[str, Any]) -> dict[str, Any]:
-    """Create a run of a deployment as the UI's "Run" does, and wait for it to end or wait for a human."""
-    deployments = {d["name"]: d for d in httpx.post(f"{api}/deployments/filter", json={"limit": 50}).json()}
-    run = httpx.post(f"{api}/deployments/{deployments[name]['id']}/create_flow_run",
-                     json={"parameters": parameters}, timeout=30).json()  # fmt: skip
-    return wait_for(api, run["id"])
-
-
-def wait_for(api: str, run_id: str, seconds: int = 600, leave: tuple[str, ...] = ()) -> dict[str, Any]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()
-        if run["state"]["type"] in FINAL and run["state"]["type"] not in leave:
-            return run  # type: ignore[no-any-return]
-        time.sleep(2)
-    pytest.fail(f"flow run {run_id} did not end in {seconds} s: {run['state']}")
-
-
-def logs_of(api: str, run_id: str) -> list[str]:
-    logs = httpx.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200},
-                      timeout=30).json()  # fmt: skip
-    return [entry["message"] for entry in logs]
 
 
 def test_service_deploys_everything_and_creates_the_automations(service: tuple[str, dict[str, str]]) -> None:
