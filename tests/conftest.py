@@ -61,6 +61,16 @@ def redmine() -> Iterator[Any]:
         yield instance
 
 
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    """`ticket-to-invoice serve` on free ports with a home of its own and the file-export ERP: (API URL, its
+    environment). One per test module, stopped before the next module starts one (about 30 s to start)."""
+    from tests.service_fixture import running_service
+
+    with running_service(tmp_path_factory.mktemp("service")) as api_and_env:
+        yield api_and_env
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     """A fresh ledger on SQLite, and on PostgreSQL (a database of its own on the session's cluster)."""

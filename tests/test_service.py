@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,88 +13,9 @@ import httpx
 import pytest
 
 from tests.bench.bench_events import signed
-from tests.conftest import DEMO_RULES
+from tests.service_fixture import BIN, FINAL, STARTED_BESIDE, WEBHOOK_SECRET, logs_of, run_deployment, wait_for
 
 pytestmark = pytest.mark.integration
-
-BIN = Path(sys.executable).parent
-FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED", "PAUSED")
-SECRET = "webhook-secret"
-STARTED_HERE: list[subprocess.Popen[bytes]] = []  # processes a test started beside the service
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
-    home = tmp_path_factory.mktemp("service") / "home"
-    port, receiver = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TICKET_TO_INVOICE_"))}
-    rules = tmp_path_factory.mktemp("rules") / "rules.yaml"  # ACME is billed on resolution, the others monthly
-    rules.write_text(f"extends: {DEMO_RULES}\nname: service\ncustomers:\n  ACME: {{bill_on: resolution}}\n")
-    env |= {"TICKET_TO_INVOICE_HOME": str(home), "TICKET_TO_INVOICE_RECEIVER_PORT": str(receiver),
-            "TICKET_TO_INVOICE_ERP": "files", "TICKET_TO_INVOICE_RULES_FILE": str(rules),
-            "TICKET_TO_INVOICE_WEBHOOK_SECRETS": json.dumps({"generic": SECRET})}  # fmt: skip
-    log = home.parent / "serve.log"
-    with log.open("wb") as out:
-        serve = subprocess.Popen([str(BIN / "ticket-to-invoice"), "serve", "--port", str(port)], env=env,
-                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    try:
-        for _ in range(600):
-            if "Ctrl-C stops everything" in log.read_text(errors="replace"):
-                break
-            assert serve.poll() is None, log.read_text(errors="replace")[-3000:]
-            time.sleep(1)
-        else:
-            pytest.fail("the service did not start in 10 minutes: " + log.read_text(errors="replace")[-3000:])
-        yield f"http://127.0.0.1:{port}/api", env | {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-                                                     "RECEIVER": f"http://127.0.0.1:{receiver}",
-                                                     "SERVE_PID": str(serve.pid)}  # fmt: skip
-    finally:
-        os.killpg(serve.pid, 2)  # Ctrl-C
-        serve.wait(timeout=120)
-        for started in STARTED_HERE:
-            started.terminate()
-            try:
-                started.wait(timeout=30)
-            except subprocess.TimeoutExpired:  # its server is gone: it may be retrying forever
-                started.kill()
-                started.wait(timeout=30)
-    assert "stopped" in log.read_text(errors="replace")
-
-
-def run_deployment(api: str, name: str, parameters: dict[str, Any]) -> dict[str, Any]:
-    """Create a run of a deployment as the UI's "Run" does, and wait for it to end or wait for a human."""
-    deployments = {d["name"]: d for d in httpx.post(f"{api}/deployments/filter", json={"limit": 50}).json()}
-    run = httpx.post(f"{api}/deployments/{deployments[name]['id']}/create_flow_run",
-                     json={"parameters": parameters}, timeout=30).json()  # fmt: skip
-    return wait_for(api, run["id"])
-
-
-def wait_for(api: str, run_id: str, seconds: int = 600, leave: tuple[str, ...] = ()) -> dict[str, Any]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()
-        if run["state"]["type"] in FINAL and run["state"]["type"] not in leave:
-            return run  # type: ignore[no-any-return]
-        time.sleep(2)
-    pytest.fail(f"flow run {run_id} did not end in {seconds} s: {run['state']}")
-
-
-def logs_of(api: str, run_id: str, final: str = "Completed") -> list[str]:
-    """The run's log lines, once they have all arrived (the flow's last is "Finished in state <final>...")."""
-    for _ in range(60):
-        logs = httpx.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200},
-                          timeout=30).json()  # fmt: skip
-        said = [entry["message"] for entry in logs]
-        if any(e["message"].startswith(f"Finished in state {final}") and e["task_run_id"] is None for e in logs):
-            return said
-        time.sleep(1)
-    return said
 
 
 def test_service_deploys_everything_and_creates_the_automations(service: tuple[str, dict[str, str]]) -> None:
@@ -117,7 +35,8 @@ def test_a_resolved_ticket_is_invoiced_through_the_receiver_and_a_forged_one_is_
                        "ticket": "T-1001", "customer": "ACME"}).encode()  # fmt: skip
     forged = signed(body, "not-the-secret")
     assert httpx.post(f"{env['RECEIVER']}/hooks/generic", content=body, headers=forged, timeout=30).status_code == 401
-    answer = httpx.post(f"{env['RECEIVER']}/hooks/generic", content=body, headers=signed(body, SECRET), timeout=30)
+    genuine = signed(body, WEBHOOK_SECRET)
+    answer = httpx.post(f"{env['RECEIVER']}/hooks/generic", content=body, headers=genuine, timeout=30)
     assert answer.status_code == 202, answer.text
     home = Path(env["TICKET_TO_INVOICE_HOME"])
     for _ in range(120):
@@ -142,7 +61,7 @@ def test_a_manual_approval_waits_without_a_process_then_posts_what_was_approved(
     assert run["name"] == "2026-10 monthly" and "period:2026-10" in run["tags"]
     time.sleep(3)
     assert processes_of_run(run["id"]) == [], "a suspended run keeps no process of the worker"
-    STARTED_HERE.append(restart_the_worker(int(env["SERVE_PID"])))  # the approval outlives its worker
+    STARTED_BESIDE.append(restart_the_worker(int(env["SERVE_PID"])))  # the approval outlives its worker
     approve_and_check_the_postings(api, env, run)
 
 
@@ -180,7 +99,7 @@ def approve_and_check_the_postings(api: str, env: dict[str, str], run: dict[str,
     assert "resumed flow run 2026-10 monthly" in approved.stdout
     done = wait_for(api, run["id"], leave=("PAUSED",))
     assert done["state"]["type"] == "COMPLETED", done["state"]
-    said = logs_of(api, run["id"])
+    said = logs_of(api, run["id"], final="Completed")
     assert sum("Cached" in m for m in said) == 5  # extract, validate, price, draft, policy: not computed twice
     assert any(m.startswith("posted 4 invoices: ") for m in said)
     home = Path(env["TICKET_TO_INVOICE_HOME"])
@@ -189,7 +108,7 @@ def approve_and_check_the_postings(api: str, env: dict[str, str], run: dict[str,
     # The same period again: nothing new, nothing twice.
     again = run_deployment(api, "on-demand", {"period": "2026-10"})
     assert again["state"]["type"] == "COMPLETED"
-    assert any(m.startswith("posted 0 invoices") for m in logs_of(api, again["id"]))
+    assert any(m.startswith("posted 0 invoices") for m in logs_of(api, again["id"], final="Completed"))
 
 
 def test_a_bad_parameter_fails_the_run_with_one_message(service: tuple[str, dict[str, str]]) -> None:

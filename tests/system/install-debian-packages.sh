@@ -2,7 +2,7 @@
 # The Debian packages the integration tests run for real. Installs what is missing (as root, or with sudo);
 # does nothing when everything is there. Called by `make test`.
 set -euo pipefail
-packages=(postgresql)
+packages=(postgresql chromium chromium-driver)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
