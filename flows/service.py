@@ -46,6 +46,7 @@ class Service:
     home: Path
     deployments: list[str] = field(default_factory=list)
     automations: list[str] = field(default_factory=list)
+    erp: str = ""
 
     def describe(self) -> str:
         return "\n".join([
@@ -55,6 +56,7 @@ class Service:
             f"work pool          {WORK_POOL} (one process worker; runs start warm)",
             f"deployments        {', '.join(self.deployments)}",
             f"automations        {', '.join(self.automations)}",
+            f"ERP                {self.erp}",
             f"home               {self.home}",
             "Ctrl-C stops everything.",
         ])  # fmt: skip
@@ -218,6 +220,14 @@ def running_service(settings: Settings, port: int = 4200, say: Callable[[str], N
         say("deploying every deployment of prefect.yaml")
         deploy(env, logs / "deploy.log")
         automations = create_automations(settings, receiver_url)
+        if settings.erp == "tryton" and not settings.tryton_url:  # one Tryton for every run, not one per run
+            from connectors.tryton_embedded import EmbeddedTryton
+
+            say("starting the embedded Tryton (set up under the home on first use: about a minute)")
+            tryton = stack.enter_context(EmbeddedTryton(settings.home, progress=say))
+            env |= {"TICKET_TO_INVOICE_TRYTON_URL": tryton.url, "TICKET_TO_INVOICE_TRYTON_DATABASE": tryton.database,
+                    "TICKET_TO_INVOICE_TRYTON_USER": tryton.user, "TICKET_TO_INVOICE_TRYTON_PASSWORD": tryton.password}
+        erp = env.get("TICKET_TO_INVOICE_TRYTON_URL", "") if settings.erp == "tryton" else str(settings.erp_files_dir)
         say("starting the warm server (flows, pandas and Great Expectations loaded once, a fork per run)")
         socket_path = warm_socket(settings)
         socket_path.unlink(missing_ok=True)  # one left by a service that was killed
@@ -230,4 +240,5 @@ def running_service(settings: Settings, port: int = 4200, say: Callable[[str], N
         deployments = sorted(d["name"] for d in httpx.post(f"{api_url}/deployments/filter", json={"limit": 200},
                                                            timeout=30).json())  # fmt: skip
         yield Service(api_url=api_url, ui_url=f"http://127.0.0.1:{port}", receiver_url=receiver_url,
-                      home=settings.home, deployments=deployments, automations=automations)  # fmt: skip
+                      home=settings.home, deployments=deployments, automations=automations,
+                      erp=f"{settings.erp} ({erp or 'TICKET_TO_INVOICE_TRYTON_URL'})")  # fmt: skip

@@ -121,10 +121,12 @@ def headline(draft: InvoiceDraft) -> str:
 
 
 def explain(draft: InvoiceDraft, biggest: int = 3) -> str:
-    """Lines, untaxed, tax, and the biggest lines with the sentence that explains each amount."""
-    top = sorted(draft.lines, key=lambda line: -line.amount_minor)[:biggest]
-    said = "; ".join(f"{format_money(line.amount_minor, draft.currency)}: "
-                     f"{line.trace.get('explanation') or line.description}" for line in top)  # fmt: skip
+    """Lines, untaxed, tax, and the biggest lines (numbered, each once) with the sentence that explains each."""
+    top = list(dict.fromkeys(
+        f"{format_money(line.amount_minor, draft.currency)}: {line.trace.get('explanation') or line.description}"
+        for line in sorted(draft.lines, key=lambda line: -line.amount_minor)
+    ))[:biggest]  # fmt: skip
+    said = " ".join(f"({n}) {text}" for n, text in enumerate(top, start=1))
     return (f"{len(draft.lines)} lines, untaxed {format_money(draft.total_minor, draft.currency)} + tax "
             f"{format_money(draft.tax_minor, draft.currency)}. Biggest: {said}. Key {draft.key}")  # fmt: skip
 
@@ -141,7 +143,7 @@ def decision_form(held: Sequence[Held]) -> type[RunInput]:
         fields[name] = (Decision, Field(default="decide later", title=headline(draft),
                                         description=why + explain(draft)))  # fmt: skip
         fields[f"{name}_note"] = (str, Field(default="", title=f"Note on {draft.customer_name or draft.customer_id}",
-                                             description="Why (recorded with the decision)."))  # fmt: skip
+                                             description="Why: recorded with an approve or a reject."))  # fmt: skip
     return create_model("InvoiceDecisions", __base__=RunInput, **fields)
 
 
@@ -212,7 +214,7 @@ def ask_a_human(settings: Settings, held: Sequence[Held]) -> list[ApprovalDecisi
         return []
     drafts = [h.draft for h in held]
     logger = get_run_logger()
-    form = decision_form(held).with_initial_data(description=describe(held), approver="")
+    form = decision_form(held).with_initial_data(description=describe(held))  # the approver's name is required
     for h in held:
         logger.info("waits for a human: %s, because %s", headline(h.draft), "; ".join(h.reasons))
     if in_a_deployment():  # the worker is released; "Resume" runs the flow again and lands here with the answer
