@@ -111,6 +111,19 @@ def approve_and_check_the_postings(api: str, env: dict[str, str], run: dict[str,
     assert any(m.startswith("posted 0 invoices") for m in logs_of(api, again["id"], final="Completed"))
 
 
+def test_the_poller_and_the_reconciliation_run_through_the_worker_too(service: tuple[str, dict[str, str]]) -> None:
+    api, _ = service
+    reconciled = run_deployment(api, "reconcile", {"period": "2026-10"})  # after the month was posted above
+    assert (reconciled["name"], reconciled["state"]["type"]) == ("reconcile 2026-10", "COMPLETED")
+    artifacts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["reconcile-202610"]}}},
+                           timeout=30).json()  # fmt: skip
+    assert artifacts and "0 mismatches, 0 duplicates" in artifacts[0]["description"]
+
+    polled = run_deployment(api, "poll-source", {"source": "files"})
+    assert polled["state"]["type"] == "COMPLETED", polled["state"]
+    assert any("export(s) ready" in m or "nothing new" in m for m in logs_of(api, polled["id"], final="Completed"))
+
+
 def test_a_bad_parameter_fails_the_run_with_one_message(service: tuple[str, dict[str, str]]) -> None:
     api, env = service
     run = run_deployment(api, "on-demand", {"period": "Oct 2026"})
