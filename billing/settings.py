@@ -2,7 +2,8 @@
 
 Precedence: explicit arguments (CLI options) > environment > config file > defaults.
 The config file is ``$TICKET_TO_INVOICE_CONFIG`` or ``./ticket-to-invoice.toml`` when it exists.
-Credentials never live here in plain text: connectors read them from the environment or Prefect blocks.
+Credentials never live here in plain text: they come from the environment, else Prefect Secret blocks
+(``billing.secrets``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("TICKET_TO_INVOICE_REDMINE_URL", "REDMINE_URL", "redmine_url"),
     )  # fmt: skip
     redmine_api_key: SecretStr | None = Field(
-        default=None, description="From the environment, never a file.",
+        default=None, description="From the environment, never a file; empty: the Prefect Secret block "
+        "ticket-to-invoice-redmine-api-key.",
         validation_alias=AliasChoices("TICKET_TO_INVOICE_REDMINE_API_KEY", "REDMINE_API_KEY", "redmine_api_key"),
     )  # fmt: skip
     redmine_instance: str | None = Field(default=None, description="A stable name of the Redmine (default: its host).")
@@ -61,7 +63,10 @@ class Settings(BaseSettings):
     tryton_url: str | None = Field(default=None, description="A running Tryton; default: an embedded one.")
     tryton_database: str = "ticket_to_invoice"
     tryton_user: str = "admin"
-    tryton_password: SecretStr | None = Field(default=None, description="From the environment, never a file.")
+    tryton_password: SecretStr | None = Field(
+        default=None, description="From the environment, never a file; empty: the Prefect Secret block "
+        "ticket-to-invoice-tryton-password.",
+    )  # fmt: skip
     approve: Literal["auto", "manual"] = "auto"
     approval_timeout_seconds: int = Field(default=3600, ge=1)
     period: str | None = Field(default=None, description="YYYY-MM; default: the export's own period.")
@@ -91,7 +96,7 @@ class Settings(BaseSettings):
 
     webhook_secrets: dict[str, SecretStr] = Field(
         default_factory=dict,
-        description="Shared secret per webhook source (JSON: {\"zendesk\": \"...\"}); a source without one here "
+        description='Shared secret per webhook source (JSON: {"zendesk": "..."}); a source without one here '
         "is read from the Prefect Secret block `ticket-to-invoice-webhook-<source>`, and without either its "
         "deliveries are refused.",
     )

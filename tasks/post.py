@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from billing.errors import ConfigurationError
 from billing.ledger import Ledger
 from billing.models import DraftState, PostingFailure, PostingReceipt
+from billing.secrets import required_secret
 from billing.settings import Settings
 from connectors.base import ErpConnector
 from connectors.file_erp import FileErp
@@ -27,10 +28,10 @@ def make_erp(settings: Settings) -> ErpConnector:
         if not settings.tryton_url:
             raise ConfigurationError("no Tryton to post to", hint="set TICKET_TO_INVOICE_TRYTON_URL, or run the "
                                      "flow inside erp_session() to use the embedded Tryton")  # fmt: skip
-        if settings.tryton_password is None:
-            raise ConfigurationError("TICKET_TO_INVOICE_TRYTON_PASSWORD is not set")
-        rpc = TrytonRpc(settings.tryton_url, settings.tryton_database, settings.tryton_user,
-                        settings.tryton_password.get_secret_value())  # fmt: skip
+        password = required_secret(settings.tryton_password, "tryton-password",
+                                   variable="TICKET_TO_INVOICE_TRYTON_PASSWORD",
+                                   needed_for=f"the Tryton at {settings.tryton_url}")  # fmt: skip
+        rpc = TrytonRpc(settings.tryton_url, settings.tryton_database, settings.tryton_user, password)
         return TrytonErp(rpc, mappings=Ledger(settings.resolved_ledger_url))
     raise ConfigurationError(f"unknown ERP {settings.erp!r}")
 
