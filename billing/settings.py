@@ -83,6 +83,14 @@ class Settings(BaseSettings):
     data_docs_keep: int = Field(
         default=50, ge=1, description="Data Docs of this many most recent runs are kept under HOME/data-docs.",
     )  # fmt: skip
+    erp_concurrency_slots: int = Field(
+        default=1, ge=1,
+        description="Slots of the Prefect global concurrency limit erp:<erp> (erp:tryton) that a posting holds one "
+        "of: how many postings into that kind of ERP run at once, across every run, ledger and worker using the "
+        "Prefect server. 1: invoices are numbered by the ERP in the order they are posted, and Tryton numbers "
+        "twice under concurrent posts on SQLite. Made with these slots by `ticket-to-invoice serve`, or by the "
+        "first posting when missing; change it there (UI: Concurrency) afterwards.",
+    )  # fmt: skip
     erp_creates_customers: bool = Field(
         default=True,
         description="The ERP may create a customer it does not know (by its code). False: a draft whose customer "

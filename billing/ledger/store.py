@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from billing.errors import UserFacingError
-from billing.ledger.locks import Lease, hold
+from billing.ledger.locks import Lease, abandoned, hold, remove
 from billing.ledger.schema import (
     BILLED_STATES,
     COUNT_OF_STATE,
@@ -44,6 +44,7 @@ from billing.ledger.schema import (
     InvoiceDraftRow,
     InvoiceLineRow,
     Posting,
+    RunLock,
     SourceCursor,
     WorkItem,
     WorkState,
@@ -160,6 +161,14 @@ class Ledger:
              say: Callable[[str], None] = print) -> AbstractContextManager[Lease]:  # fmt: skip
         """Hold ``name`` while the block runs; another holder makes this wait (or raise ``RunInProgress``)."""
         return hold(self.engine, name, purpose, wait=wait, timeout=timeout, say=say)
+
+    def abandoned_leases(self, prefix: str) -> list[RunLock]:
+        """Leases named ``prefix…`` whose process died (kill -9, a reboot) without releasing them."""
+        return abandoned(self.engine, prefix)
+
+    def remove_lease(self, lease: RunLock) -> None:
+        """Delete an abandoned lease once what it stood for is cleaned up."""
+        remove(self.engine, lease)
 
     # -- audit -----------------------------------------------------------------------------------
 
