@@ -543,6 +543,16 @@ class Ledger:
         with Session(self.engine) as session:
             return list(session.scalars(select(Approval).where(Approval.draft_key == draft_key).order_by(Approval.id)))
 
+    def latest_decisions(self, draft_keys: Iterable[str]) -> dict[str, Approval]:
+        """The last decision on each of these drafts (those decided), in one query per chunk of keys."""
+        latest: dict[str, Approval] = {}
+        with Session(self.engine) as session:
+            for chunk in _chunks(list(dict.fromkeys(draft_keys))):
+                for approval in session.scalars(select(Approval).where(Approval.draft_key.in_(chunk))
+                                                .order_by(Approval.id)):  # fmt: skip
+                    latest[approval.draft_key] = approval
+        return latest
+
     def record_postings(self, receipts: Sequence[PostingReceipt], actor: str) -> None:
         with self.session() as session:
             for r in receipts:
