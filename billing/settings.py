@@ -2,7 +2,8 @@
 
 Precedence: explicit arguments (CLI options) > environment > config file > defaults.
 The config file is ``$TICKET_TO_INVOICE_CONFIG`` or ``./ticket-to-invoice.toml`` when it exists.
-Credentials never live here in plain text: connectors read them from the environment or Prefect blocks.
+Credentials never live here in plain text: they come from the environment, else Prefect Secret blocks
+(``billing.secrets``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("TICKET_TO_INVOICE_REDMINE_URL", "REDMINE_URL", "redmine_url"),
     )  # fmt: skip
     redmine_api_key: SecretStr | None = Field(
-        default=None, description="From the environment, never a file.",
+        default=None, description="From the environment, never a file; empty: the Prefect Secret block "
+        "ticket-to-invoice-redmine-api-key.",
         validation_alias=AliasChoices("TICKET_TO_INVOICE_REDMINE_API_KEY", "REDMINE_API_KEY", "redmine_api_key"),
     )  # fmt: skip
     redmine_instance: str | None = Field(default=None, description="A stable name of the Redmine (default: its host).")
@@ -61,7 +63,10 @@ class Settings(BaseSettings):
     tryton_url: str | None = Field(default=None, description="A running Tryton; default: an embedded one.")
     tryton_database: str = "ticket_to_invoice"
     tryton_user: str = "admin"
-    tryton_password: SecretStr | None = Field(default=None, description="From the environment, never a file.")
+    tryton_password: SecretStr | None = Field(
+        default=None, description="From the environment, never a file; empty: the Prefect Secret block "
+        "ticket-to-invoice-tryton-password.",
+    )  # fmt: skip
     approve: Literal["auto", "manual"] = "auto"
     approval_timeout_seconds: int = Field(default=3600, ge=1)
     period: str | None = Field(default=None, description="YYYY-MM; default: the export's own period.")
@@ -78,6 +83,14 @@ class Settings(BaseSettings):
     data_docs_keep: int = Field(
         default=50, ge=1, description="Data Docs of this many most recent runs are kept under HOME/data-docs.",
     )  # fmt: skip
+    erp_concurrency_slots: int = Field(
+        default=1, ge=1,
+        description="Slots of the Prefect global concurrency limit erp:<erp> (erp:tryton) that a posting holds one "
+        "of: how many postings into that kind of ERP run at once, across every run, ledger and worker using the "
+        "Prefect server. 1: invoices are numbered by the ERP in the order they are posted, and Tryton numbers "
+        "twice under concurrent posts on SQLite. Made with these slots by `ticket-to-invoice serve`, or by the "
+        "first posting when missing; change it there (UI: Concurrency) afterwards.",
+    )  # fmt: skip
     erp_creates_customers: bool = Field(
         default=True,
         description="The ERP may create a customer it does not know (by its code). False: a draft whose customer "
@@ -91,7 +104,7 @@ class Settings(BaseSettings):
 
     webhook_secrets: dict[str, SecretStr] = Field(
         default_factory=dict,
-        description="Shared secret per webhook source (JSON: {\"zendesk\": \"...\"}); a source without one here "
+        description='Shared secret per webhook source (JSON: {"zendesk": "..."}); a source without one here '
         "is read from the Prefect Secret block `ticket-to-invoice-webhook-<source>`, and without either its "
         "deliveries are refused.",
     )

@@ -104,8 +104,9 @@ class RedmineSource:
             response = self._current_user()
         if response.status_code == 401:
             raise ConfigurationError(f"Redmine at {self.url} rejected the API key",
-                                     hint="set TICKET_TO_INVOICE_REDMINE_API_KEY to the key shown under "
-                                     "'My account' → 'API access key' (and enable the REST API)")  # fmt: skip
+                                     hint="set TICKET_TO_INVOICE_REDMINE_API_KEY (or, when it is empty, the "
+                                     "Prefect Secret block ticket-to-invoice-redmine-api-key) to the key shown "
+                                     "under 'My account' → 'API access key' (and enable the REST API)")  # fmt: skip
         if response.status_code == 403:
             raise ConfigurationError(f"Redmine at {self.url} refused the REST API (is it enabled?)",
                                      hint="Administration → Settings → API → 'Enable REST web service'")  # fmt: skip

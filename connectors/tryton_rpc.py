@@ -108,8 +108,9 @@ READ_ONLY = {"search", "read", "search_read", "search_count", "fields_get", "def
              "on_change_with", "get_preferences"}  # fmt: skip
 LOGIN = "common.db.login"
 CREDENTIALS_HINT = (
-    "check TICKET_TO_INVOICE_TRYTON_USER and TICKET_TO_INVOICE_TRYTON_PASSWORD (and "
-    "TICKET_TO_INVOICE_TRYTON_DATABASE): the user must exist and be active in that database"
+    "check TICKET_TO_INVOICE_TRYTON_USER and TICKET_TO_INVOICE_TRYTON_PASSWORD, or the Prefect Secret block "
+    "ticket-to-invoice-tryton-password when the variable is empty (and TICKET_TO_INVOICE_TRYTON_DATABASE): the "
+    "user must exist and be active in that database"
 )
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import httpx
 
@@ -47,6 +48,7 @@ class Service:
     deployments: list[str] = field(default_factory=list)
     automations: list[str] = field(default_factory=list)
     erp: str = ""
+    concurrency_limits: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         return "\n".join([
@@ -57,6 +59,7 @@ class Service:
             f"deployments        {', '.join(self.deployments)}",
             f"automations        {', '.join(self.automations)}",
             f"ERP                {self.erp}",
+            f"concurrency limits {', '.join(self.concurrency_limits)}   (postings into an ERP at once)",
             f"home               {self.home}",
             "Ctrl-C stops everything.",
         ])  # fmt: skip
@@ -196,6 +199,18 @@ def create_automations(settings: Settings, receiver_url: str) -> list[str]:
     return [a.name for a in wanted]
 
 
+def create_erp_limits(settings: Settings) -> list[str]:
+    """The global concurrency limit of every ERP (``erp:tryton``, ``erp:files``) that postings hold a slot of,
+    with ``TICKET_TO_INVOICE_ERP_CONCURRENCY_SLOTS`` slots: made before the first run so the UI shows them, and
+    set again on every start, as the automations are (the setting is what the service runs with)."""
+    from tasks.post import ensure_erp_limit, erp_limit_name
+
+    erps: tuple[str, ...] = get_args(Settings.model_fields["erp"].annotation)
+    for erp in erps:
+        ensure_erp_limit(erp, settings.erp_concurrency_slots, set_slots=True)
+    return [f"{erp_limit_name(erp)}: {settings.erp_concurrency_slots}" for erp in erps]
+
+
 @contextmanager
 def running_service(settings: Settings, port: int = 4200, say: Callable[[str], None] = print) -> Iterator[Service]:
     """Start every part, yield where they are, stop them all on exit."""
@@ -220,6 +235,7 @@ def running_service(settings: Settings, port: int = 4200, say: Callable[[str], N
         say("deploying every deployment of prefect.yaml")
         deploy(env, logs / "deploy.log")
         automations = create_automations(settings, receiver_url)
+        concurrency_limits = create_erp_limits(settings)
         if settings.erp == "tryton" and not settings.tryton_url:  # one Tryton for every run, not one per run
             from connectors.tryton_embedded import EmbeddedTryton
 
@@ -241,4 +257,5 @@ def running_service(settings: Settings, port: int = 4200, say: Callable[[str], N
                                                            timeout=30).json())  # fmt: skip
         yield Service(api_url=api_url, ui_url=f"http://127.0.0.1:{port}", receiver_url=receiver_url,
                       home=settings.home, deployments=deployments, automations=automations,
-                      erp=f"{settings.erp} ({erp or 'TICKET_TO_INVOICE_TRYTON_URL'})")  # fmt: skip
+                      erp=f"{settings.erp} ({erp or 'TICKET_TO_INVOICE_TRYTON_URL'})",
+                      concurrency_limits=concurrency_limits)  # fmt: skip

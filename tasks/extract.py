@@ -7,6 +7,7 @@ from dataclasses import replace
 from billing.errors import ConfigurationError
 from billing.ledger import Ledger
 from billing.models import Scope, WorkBatch, empty_usage
+from billing.secrets import block_name, required_secret
 from billing.settings import Settings
 from connectors.base import SourceConnector
 from connectors.filedrop import FileDropSource
@@ -19,11 +20,15 @@ def make_source(settings: Settings) -> SourceConnector:
     if settings.source == "files":
         return FileDropSource(settings.input_dir)
     if settings.source == "redmine":
-        if not settings.redmine_url or settings.redmine_api_key is None:
-            raise ConfigurationError("--source redmine needs TICKET_TO_INVOICE_REDMINE_URL and "
-                                     "TICKET_TO_INVOICE_REDMINE_API_KEY")  # fmt: skip
+        if not settings.redmine_url:
+            raise ConfigurationError("--source redmine needs TICKET_TO_INVOICE_REDMINE_URL (and the API key: "
+                                     "TICKET_TO_INVOICE_REDMINE_API_KEY or the Prefect Secret block "
+                                     f"{block_name('redmine-api-key')!r})")  # fmt: skip
+        api_key = required_secret(settings.redmine_api_key, "redmine-api-key",
+                                  variable="TICKET_TO_INVOICE_REDMINE_API_KEY",
+                                  needed_for=f"the Redmine at {settings.redmine_url}")  # fmt: skip
         rules = load_rules(settings.rules_file)
-        return RedmineSource(settings.redmine_url, settings.redmine_api_key.get_secret_value(), mapping=rules.redmine,
+        return RedmineSource(settings.redmine_url, api_key, mapping=rules.redmine,
                              customers=rules.customers, defaults=rules.customer_defaults,
                              instance=settings.redmine_instance)  # fmt: skip
     raise ConfigurationError(f"unknown source {settings.source!r}")

@@ -3,14 +3,19 @@ key (a crash between posting and recording it) and answers with that invoice ins
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from uuid import UUID
 
+from prefect import get_run_logger
+from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 from pydantic import SecretStr
 
-from billing.errors import ConfigurationError
+from billing.errors import ConfigurationError, RunInProgress
 from billing.ledger import Ledger
 from billing.models import DraftState, PostingFailure, PostingReceipt
+from billing.secrets import prefect_server_configured, required_secret
 from billing.settings import Settings
 from connectors.base import ErpConnector
 from connectors.file_erp import FileErp
@@ -27,10 +32,10 @@ def make_erp(settings: Settings) -> ErpConnector:
         if not settings.tryton_url:
             raise ConfigurationError("no Tryton to post to", hint="set TICKET_TO_INVOICE_TRYTON_URL, or run the "
                                      "flow inside erp_session() to use the embedded Tryton")  # fmt: skip
-        if settings.tryton_password is None:
-            raise ConfigurationError("TICKET_TO_INVOICE_TRYTON_PASSWORD is not set")
-        rpc = TrytonRpc(settings.tryton_url, settings.tryton_database, settings.tryton_user,
-                        settings.tryton_password.get_secret_value())  # fmt: skip
+        password = required_secret(settings.tryton_password, "tryton-password",
+                                   variable="TICKET_TO_INVOICE_TRYTON_PASSWORD",
+                                   needed_for=f"the Tryton at {settings.tryton_url}")  # fmt: skip
+        rpc = TrytonRpc(settings.tryton_url, settings.tryton_database, settings.tryton_user, password)
         return TrytonErp(rpc, mappings=Ledger(settings.resolved_ledger_url))
     raise ConfigurationError(f"unknown ERP {settings.erp!r}")
 
@@ -80,6 +85,118 @@ def post_approved(settings: Settings, period: str) -> tuple[list[PostingReceipt]
     return receipts, failures
 
 
+# -- one Prefect concurrency limit per ERP ------------------------------------------------------------------
+
+LEASE_SECONDS = 60.0  # the server's shortest: renewed every 45 s; a holder that dies unseen frees its slot soonest
+SLOT_RECORD = "prefect-slot:"  # ledger leases naming each held slot's Prefect lease: ``prefect-slot:<limit>:<id>``
+
+
+def erp_limit_name(erp: str) -> str:
+    """The Prefect global concurrency limit a posting into this kind of ERP holds a slot of."""
+    return f"erp:{erp}"
+
+
+def ensure_erp_limit(erp: str, slots: int, *, set_slots: bool = False) -> GlobalConcurrencyLimitResponse:
+    """``erp:<erp>``, made with ``slots`` when it does not exist. ``set_slots``: also set an existing limit to
+    ``slots`` (the service's start); otherwise one someone changed in the UI stays as it is.
+
+    Prefect 3.8 never makes a limit on first use: taking a slot of a missing one is skipped with a warning
+    (``strict=False``) or refused (``strict=True``), so without this nothing would be limited."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    name = erp_limit_name(erp)
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another poster made it meanwhile
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+            return client.read_global_concurrency_limit_by_name(name)
+        if set_slots and existing.limit != slots:
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=slots))
+            return client.read_global_concurrency_limit_by_name(name)
+        return existing
+
+
+def give_back_abandoned_slots(ledger: Ledger, limit: str, say: Callable[[str], None]) -> None:
+    """Release the slots of ``limit`` that posters of this ledger held when they died (kill -9, a reboot).
+
+    Prefect frees a dead holder's slot only when its lease expires, and only on a server running its
+    repossessor service (not on a temporary one): the ledger knows at once that the holder is gone."""
+    from prefect.client.orchestration import get_client
+
+    from billing.ledger.locks import describe
+
+    for record in ledger.abandoned_leases(f"{SLOT_RECORD}{limit}:"):
+        with get_client(sync_client=True) as client:  # a lease the server no longer has is ignored
+            client.release_concurrency_slots_with_lease(UUID(record.name.rsplit(":", 1)[1]))
+        ledger.remove_lease(record)
+        say(f"gave back the slot of {limit} that {describe(record)} held: its process is gone")
+
+
+@contextmanager
+def erp_slot(settings: Settings, say: Callable[[str], None] = print) -> Iterator[None]:
+    """Hold a slot of the Prefect global concurrency limit ``erp:<erp>`` (made when missing, with
+    ``erp_concurrency_slots``) while the block runs, waiting for one up to ``lock_wait_seconds``.
+
+    The ledger's ``posting:<target>`` lease serializes the posters of one ledger into one ERP; this limit
+    holds across ledgers, workers and machines sharing the Prefect server, and shows in its UI (Concurrency).
+    Without a configured server (``PREFECT_API_URL``: a CLI run on its own temporary server) there is nobody
+    to share it with, and that server would keep a killed run's slot for ever: the ledger's lease is enough.
+
+    A slot left by a poster of this ledger that died is given back before waiting; one whose holder dies while
+    this one waits is freed by the server when its lease expires (about a minute)."""
+    if not prefect_server_configured():
+        yield
+        return
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.concurrency.context import ConcurrencyContext
+    from prefect.concurrency.sync import concurrency
+    from prefect.context import TaskRunContext
+
+    name = erp_limit_name(settings.erp)
+    ledger = Ledger(settings.resolved_ledger_url)
+    give_back_abandoned_slots(ledger, name, say)
+    limit = ensure_erp_limit(settings.erp, settings.erp_concurrency_slots)
+    if limit.active and limit.active_slots >= limit.limit:
+        say(f"waiting for a slot of {name} ({plural(limit.limit, 'slot')}, all taken by other postings into "
+            f"{settings.erp}), at most {settings.lock_wait_seconds} s")  # fmt: skip
+    task_run = TaskRunContext.get()
+    holder = ConcurrencyLeaseHolder(type="task_run", id=task_run.task_run.id) if task_run else None
+    # Exits in this order: the Prefect lease is released first, then the ledger's record of it goes, so a
+    # process dying in between leaves a record of a lease already released (harmless), never the reverse.
+    with ExitStack() as record, ConcurrencyContext() as granted, ExitStack() as slot:
+        try:
+            slot.enter_context(concurrency(
+                name, occupy=1, timeout_seconds=max(1, settings.lock_wait_seconds), lease_duration=LEASE_SECONDS,
+                strict=False, holder=holder,
+                raise_on_lease_renewal_failure=False,  # a missed renewal must not stop a posting half-way
+            ))  # fmt: skip
+        except TimeoutError:
+            raise RunInProgress(
+                f"waited {settings.lock_wait_seconds} s for a slot of the Prefect concurrency limit {name} "
+                f"({plural(limit.limit, 'slot')}, taken by other postings into {settings.erp}): nothing was posted",
+                hint="raise TICKET_TO_INVOICE_LOCK_WAIT_SECONDS or the limit's slots (Prefect UI: Concurrency), or "
+                "see to the runs holding them",
+            ) from None
+        # The id of the lease just granted (Prefect notes it in the current ConcurrencyContext); none when the
+        # limit was deleted in between, and then nothing is held.
+        for lease_id in granted.cleanup_lease_ids[-1:]:
+            purpose = f"a posting into {settings.erp}"
+            record.enter_context(ledger.lock(f"{SLOT_RECORD}{name}:{lease_id}", purpose=purpose))
+        yield
+
+
+def post_holding_erp_slot(
+    settings: Settings, period: str, say: Callable[[str], None] | None = None
+) -> tuple[list[PostingReceipt], list[PostingFailure]]:
+    """``post_approved`` while holding a slot of the ERP's Prefect concurrency limit (``erp_slot``)."""
+    with erp_slot(settings, say=say or get_run_logger().info):
+        return post_approved(settings, period)
+
+
 def _posted(outcome: tuple[list[PostingReceipt], list[PostingFailure]]) -> str:
     receipts, failures = outcome
     new = [r for r in receipts if not r.already_existed]
@@ -91,4 +208,4 @@ def _posted(outcome: tuple[list[PostingReceipt], list[PostingFailure]]) -> str:
     return "; ".join(said)
 
 
-post = stage(post_approved, name="post", says=_posted, retries=2, retry_delay_seconds=10)
+post = stage(post_holding_erp_slot, name="post", says=_posted, retries=2, retry_delay_seconds=10)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from billing.ledger import Ledger, WorkState
 from billing.models import DraftState, InvoiceDraft
-from billing.money import format_money
+from billing.money import format_money, to_decimal
 from billing.settings import Settings
 from tasks.extract import make_source
 from tasks.post import make_erp
@@ -118,11 +118,14 @@ def period_summary(settings: Settings, period: str, new_postings: int, failures:
     numbers = {p.draft_key: p.erp_number for p in ledger.postings(period)}
     drafts = ledger.drafts(period)
     states = ledger.draft_states(d.key for d in drafts)
+    decisions = ledger.latest_decisions(d.key for d in drafts)
     invoices = [
         {"key": d.key, "customer": d.customer_id, "customer_name": d.customer_name, "period": d.period,
          "currency": d.currency, "version": d.version, "total_minor": d.total_minor, "tax_minor": d.tax_minor,
          "gross_minor": d.gross_minor,
          "status": states[d.key].value, "erp_number": numbers.get(d.key),
+         "decided_by": decisions[d.key].approver if d.key in decisions else None,
+         "decision_note": (decisions[d.key].note or None) if d.key in decisions else None,
          "lines": [{"source_id": line.source_id, "description": line.description,
                     "quantity": str(line.quantity_billed), "unit_price_minor": line.unit_price_minor,
                     "amount_minor": line.amount_minor} for line in d.lines]}
@@ -173,6 +176,145 @@ def publish(summary: dict[str, Any], report: ReconcileReport) -> None:
         ),
         description=f"Billing run summary for {period}",
     )
+    create_markdown_artifact(
+        key=dashboard_key(period),
+        markdown=billing_dashboard(summary, report),
+        description=f"Billing {period}: posted, waiting, rejected, not posted, quarantined, reconcile",
+    )
+
+
+# -- the period's dashboard -----------------------------------------------------------------------------------
+
+MONEY = (("untaxed", "total_minor"), ("tax", "tax_minor"), ("total", "gross_minor"))
+Column = tuple[str, Callable[[dict[str, Any]], object]]
+
+
+def dashboard_key(period: str) -> str:
+    """``billing-2026-10``: an artifact key is lowercase letters, digits and dashes, and a period is YYYY-MM."""
+    return f"billing-{period}"
+
+
+def billing_dashboard(summary: dict[str, Any], report: ReconcileReport) -> str:
+    """The period for a person reading the Prefect UI, as markdown: a short table per question (posted, waiting,
+    rejected, not posted, quarantined, non-billable, held, reconcile). Amounts are exact decimals of the integer
+    minor units, and every total is the sum of the lines shown above it."""
+    period, invoices, counts = summary["period"], summary["invoices"], summary["counts"]
+    customer: Column = ("customer", lambda i: i["customer_name"] or i["customer"])
+    draft: Column = ("draft", lambda i: f"`{i['key']}`")
+    posted = [i for i in invoices if i["status"] == DraftState.POSTED.value]
+    waiting = [i for i in invoices if i["status"] == DraftState.DRAFTED.value]
+    rejected = [i for i in invoices if i["status"] == DraftState.REJECTED.value]
+    by_key = {i["key"]: i for i in invoices}
+    failures = summary["posting_failures"]
+    return "\n".join([
+        f"# Billing {period}\n",
+        f"{summary['work_items_total']} work items: {counts['billed']} billed, {counts['pending_approval']} pending "
+        f"approval, {counts['pending_posting']} approved and not posted, {counts['non_billable']} non-billable, "
+        f"{counts['quarantined']} quarantined, {counts['held']} held. New postings this run: "
+        f"{summary['new_postings']}.\n",
+        f"## Invoices posted: {len(posted)}\n",
+        _invoices_table(posted, [("invoice", lambda i: i["erp_number"] or ""), customer]),
+        f"## Awaiting approval: {len(waiting)}\n",
+        _invoices_table(waiting, [customer, draft]),
+        f"## Rejected: {len(rejected)}\n",
+        _invoices_table(rejected, [customer, draft], after=[("rejected by", lambda i: i.get("decided_by") or ""),
+                                                            ("note", lambda i: i.get("decision_note") or "")]),
+        f"## Posting failures: {len(failures)}\n",
+        _table(["customer", "draft", "error"], [
+            [customer[1](by_key[f["draft_key"]]) if f["draft_key"] in by_key else "", f"`{f['draft_key']}`",
+             f["error"]] for f in failures]),
+        f"## Quarantined work items: {len(summary['quarantined'])}\n",
+        _count_table("reason", [quarantine_reason(q["reason"]) for q in summary["quarantined"]]),
+        f"## Non-billable by rule: {len(summary['non_billable'])}\n",
+        _count_table("rule", [n["rule"] or "" for n in summary["non_billable"]]),
+        f"## Held until their hold clears: {len(summary['held'])}\n",
+        _count_table("rule", [h["rule"] or "" for h in summary["held"]]),
+        *_reconcile_section(report),
+    ])  # fmt: skip
+
+
+def quarantine_reason(reason: str) -> str:
+    """What a quarantined row's reason says, without the row's own value and place: ``duration must be more
+    than 0 and at most 24 hours: duration_minutes=-30 (worklogs.csv row 47)`` → ``duration must be more than 0
+    and at most 24 hours``. Several reasons (joined by ``; ``) stay together, so each row is counted once."""
+    said: list[str] = []
+    for part in reason.split("; "):
+        if ": " in part or not said:
+            said.append(part.split(": ", 1)[0])
+        # else: the rest of a value that held "; " itself
+    return "; ".join(dict.fromkeys(said))
+
+
+def _reconcile_section(report: ReconcileReport) -> list[str]:
+    """How many of each difference reconcile found (the total is their sum), then the invoices whose amounts
+    the ERP does not agree with."""
+    kinds = {
+        "amounts differ from the ERP's": [m for m in report.mismatches if m["status"] == "mismatch"],
+        "missing in the ERP": [m for m in report.mismatches if m["status"] == "missing_in_erp"],
+        "several ERP invoices with one key": [d for d in report.duplicates if "key" in d],
+        "work item on two live invoices": [d for d in report.duplicates if "work_item" in d],
+        "work item not billed yet": report.unbilled,
+        "changed at the source after billing": report.changed_after_billing,
+        "deleted at the source after billing": report.deleted_after_billing,
+    }
+    found = sum(len(v) for v in kinds.values())
+    lines = [f"## Reconcile differences: {found}\n"]
+    if not found:
+        return [*lines, f"_none: {plural(len(report.invoices), 'posted invoice')} agree with the ERP to the cent_\n"]
+    rows = [[kind, len(items)] for kind, items in kinds.items() if items]
+    lines.append(_table(["difference", "count"], [*rows, ["**total**", f"**{found}**"]], right={1}))
+    if report.mismatches:
+        lines.append(_table(
+            ["invoice", "draft", "currency", *(f"{name} (ours / ERP)" for name, _ in MONEY)],
+            [[m["erp_number"] or "", f"`{m['key']}`", m["currency"],
+              *(f"{_amount(m[f], m['currency'])} / {_erp_amount(m['erp_' + f], m['currency'])}" for _, f in MONEY)]
+             for m in report.mismatches], right={3, 4, 5},
+        ))  # fmt: skip
+    return lines
+
+
+def _invoices_table(invoices: list[dict[str, Any]], before: list[Column], after: Sequence[Column] = ()) -> str:
+    """One row per invoice (by currency, then key) with its untaxed, tax and total, and a total row per
+    currency summing the amounts shown."""
+    header = [name for name, _ in before] + ["currency", *(name for name, _ in MONEY)] + [name for name, _ in after]
+    money = {len(before) + 1 + n for n in range(len(MONEY))}
+    rows: list[list[object]] = []
+    for currency in sorted({i["currency"] for i in invoices}):
+        these = sorted((i for i in invoices if i["currency"] == currency), key=lambda i: i["key"])
+        rows += [[*(show(i) for _, show in before), currency, *(_amount(i[f], currency) for _, f in MONEY),
+                  *(show(i) for _, show in after)] for i in these]  # fmt: skip
+        totals = [f"**{_amount(sum(i[f] for i in these), currency)}**" for _, f in MONEY]
+        rows.append([f"**total {currency}** ({plural(len(these), 'invoice')})", *[""] * (len(before) - 1),
+                     currency, *totals, *[""] * len(after)])  # fmt: skip
+    return _table(header, rows, right=money)
+
+
+def _count_table(what: str, values: list[str]) -> str:
+    """How many of each value (most first), and their total."""
+    counted = Counter(values).most_common()
+    rows: list[list[object]] = [[value, n] for value, n in sorted(counted, key=lambda c: (-c[1], c[0]))]
+    return _table([what, "work items"], [*rows, ["**total**", f"**{len(values)}**"]] if rows else [], right={1})
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]], right: set[int] | None = None) -> str:
+    if not rows:
+        return "_none_\n"
+    align = ["---:" if n in (right or set()) else "---" for n in range(len(header))]
+    lines = [header, align, *([_cell(c) for c in row] for row in rows)]
+    return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in lines) + "\n"
+
+
+def _cell(value: object) -> str:
+    """A value as one table cell: on one line, its pipes escaped."""
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def _amount(minor: int, currency: str) -> str:
+    return str(to_decimal(minor, currency))  # exact: 2093301 EUR → 20933.01
+
+
+def _erp_amount(minor: int | None, currency: str) -> str:
+    return "—" if minor is None else _amount(minor, currency)
 
 
 def _written_back(result: dict[str, Any]) -> str:

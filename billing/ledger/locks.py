@@ -48,6 +48,9 @@ def gone(holder: str) -> bool:
     return start_time(int(pid)) != started  # no such process, or its pid was reused by a newer one
 
 
+STALE_AFTER_SECONDS = 90.0  # a holder on another host whose heartbeat is this old is taken to be gone
+
+
 def _age(at: datetime) -> float:
     return (utcnow() - (at if at.tzinfo else at.replace(tzinfo=UTC))).total_seconds()
 
@@ -62,7 +65,7 @@ class Lease:
     """Held from ``acquire`` to ``release``; a daemon thread renews the heartbeat meanwhile."""
 
     def __init__(self, engine: Engine, name: str, purpose: str, heartbeat: float = 15.0,
-                 stale_after: float = 90.0) -> None:  # fmt: skip
+                 stale_after: float = STALE_AFTER_SECONDS) -> None:  # fmt: skip
         self.engine, self.name, self.purpose = engine, name, purpose
         self.heartbeat, self.stale_after = heartbeat, stale_after
         self.token = str(uuid.uuid4())
@@ -149,3 +152,18 @@ def hold(engine: Engine, name: str, purpose: str, wait: bool = True, timeout: fl
         yield lease
     finally:
         lease.release()
+
+
+def abandoned(engine: Engine, prefix: str, stale_after: float = STALE_AFTER_SECONDS) -> list[RunLock]:
+    """The leases named ``prefix…`` whose holder died without releasing them: gone from this host, or silent
+    on another for ``stale_after`` seconds. For whoever cleans up what such a holder left elsewhere."""
+    with engine.connect() as connection:
+        rows = connection.execute(select(RunLock).where(RunLock.name.startswith(prefix, autoescape=True))).all()
+    leases = [RunLock(**row._mapping) for row in rows]
+    return [lease for lease in leases if gone(lease.holder) or _age(lease.heartbeat_at) >= stale_after]
+
+
+def remove(engine: Engine, lease: RunLock) -> None:
+    """Delete an abandoned lease (only as it was seen: a lease taken over since is left alone)."""
+    with engine.begin() as connection:
+        connection.execute(delete(RunLock).where(RunLock.name == lease.name, RunLock.token == lease.token))

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from billing.errors import UserFacingError
-from billing.ledger.locks import Lease, hold
+from billing.ledger.locks import Lease, abandoned, hold, remove
 from billing.ledger.schema import (
     BILLED_STATES,
     COUNT_OF_STATE,
@@ -44,6 +44,7 @@ from billing.ledger.schema import (
     InvoiceDraftRow,
     InvoiceLineRow,
     Posting,
+    RunLock,
     SourceCursor,
     WorkItem,
     WorkState,
@@ -160,6 +161,14 @@ class Ledger:
              say: Callable[[str], None] = print) -> AbstractContextManager[Lease]:  # fmt: skip
         """Hold ``name`` while the block runs; another holder makes this wait (or raise ``RunInProgress``)."""
         return hold(self.engine, name, purpose, wait=wait, timeout=timeout, say=say)
+
+    def abandoned_leases(self, prefix: str) -> list[RunLock]:
+        """Leases named ``prefix…`` whose process died (kill -9, a reboot) without releasing them."""
+        return abandoned(self.engine, prefix)
+
+    def remove_lease(self, lease: RunLock) -> None:
+        """Delete an abandoned lease once what it stood for is cleaned up."""
+        remove(self.engine, lease)
 
     # -- audit -----------------------------------------------------------------------------------
 
@@ -533,6 +542,16 @@ class Ledger:
     def approvals(self, draft_key: str) -> list[Approval]:
         with Session(self.engine) as session:
             return list(session.scalars(select(Approval).where(Approval.draft_key == draft_key).order_by(Approval.id)))
+
+    def latest_decisions(self, draft_keys: Iterable[str]) -> dict[str, Approval]:
+        """The last decision on each of these drafts (those decided), in one query per chunk of keys."""
+        latest: dict[str, Approval] = {}
+        with Session(self.engine) as session:
+            for chunk in _chunks(list(dict.fromkeys(draft_keys))):
+                for approval in session.scalars(select(Approval).where(Approval.draft_key.in_(chunk))
+                                                .order_by(Approval.id)):  # fmt: skip
+                    latest[approval.draft_key] = approval
+        return latest
 
     def record_postings(self, receipts: Sequence[PostingReceipt], actor: str) -> None:
         with self.session() as session:
