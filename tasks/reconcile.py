@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -142,6 +143,7 @@ def period_summary(settings: Settings, period: str, new_postings: int, failures:
         "non_billable": [{"source_id": r.source_id, "rule": r.reason} for r in non_billable.itertuples()],
         "held": [{"source_id": r.source_id, "rule": r.reason} for r in held.itertuples()],
         "counts": ledger.counts(period),
+        "posting_latency_seconds": sorted(ledger.posting_latencies(period)),
         "work_items_total": len(items),
         "new_postings": new_postings,
         "posting_failures": [f.model_dump() for f in failures],
@@ -212,6 +214,7 @@ def billing_dashboard(summary: dict[str, Any], report: ReconcileReport) -> str:
         f"approval, {counts['pending_posting']} approved and not posted, {counts['non_billable']} non-billable, "
         f"{counts['quarantined']} quarantined, {counts['held']} held. New postings this run: "
         f"{summary['new_postings']}.\n",
+        health(summary, report) + "\n",
         f"## Invoices posted: {len(posted)}\n",
         _invoices_table(posted, [("invoice", lambda i: i["erp_number"] or ""), customer]),
         f"## Awaiting approval: {len(waiting)}\n",
@@ -231,6 +234,30 @@ def billing_dashboard(summary: dict[str, Any], report: ReconcileReport) -> str:
         _count_table("rule", [h["rule"] or "" for h in summary["held"]]),
         *_reconcile_section(report),
     ])  # fmt: skip
+
+
+def health(summary: dict[str, Any], report: ReconcileReport) -> str:
+    """Posting latency (drafted → posted), exception rate (quarantined work items and failed postings per work
+    item) and reconciliation backlog (differences reconcile found that someone has to look at)."""
+    latencies = summary.get("posting_latency_seconds") or []
+    latency = (f"median {_duration(latencies[len(latencies) // 2])}, max {_duration(latencies[-1])} over "
+               f"{len(latencies)} invoice(s)") if latencies else "no invoice posted yet"  # fmt: skip
+    exceptions = len(summary["quarantined"]) + len(summary["posting_failures"])
+    total = summary["work_items_total"]
+    rate = f"{Decimal(100 * exceptions) / total:.1f} %" if total else "0.0 %"
+    backlog = (len(report.mismatches) + len(report.duplicates) + len(report.unbilled)
+               + len(report.changed_after_billing))  # fmt: skip
+    return (f"**Posting latency** (drafted → posted): {latency}. **Exception rate**: {rate} ({exceptions} of "
+            f"{total}: quarantined work items and failed postings). **Reconciliation backlog**: {backlog} "
+            "difference(s) to look at.")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def quarantine_reason(reason: str) -> str:

@@ -125,6 +125,11 @@ def test_the_sample_exports_dashboard_shows_what_was_worked_out_by_hand(run: Cal
     assert table(markdown, "Non-billable by rule") == [["marked-non-billable", "40"], ["**total**", "**40**"]]
     assert heading(markdown, "Reconcile differences") == "## Reconcile differences: 0"
     assert "_none: 4 posted invoices agree with the ERP to the cent_" in markdown
+    # 8 quarantined of 503 work items, no failed posting: 1.59… % → 1.6 %; drafted and posted in the same run.
+    assert "**Exception rate**: 1.6 % (8 of 503: quarantined work items and failed postings)" in markdown
+    assert "**Reconciliation backlog**: 0 difference(s) to look at." in markdown
+    assert re.search(r"\*\*Posting latency\*\* \(drafted → posted\): median \d+ s, max \d+ s over 4 invoice\(s\)",
+                     markdown), markdown[:800]  # fmt: skip
     assert not re.search(r"\d\.\d{3,}|e[+-]\d", markdown)  # no float renderings of money
 
 

@@ -611,6 +611,14 @@ class Ledger:
         with Session(self.engine) as session:
             return list(session.scalars(query))
 
+    def posting_latencies(self, period: str) -> list[float]:
+        """Seconds from each posted invoice's drafting (its last version) to its posting, for the period."""
+        query = select(InvoiceDraftRow.created_at, Posting.posted_at).join(
+            Posting, Posting.draft_key == InvoiceDraftRow.key
+        ).where(InvoiceDraftRow.period == period)  # fmt: skip
+        with Session(self.engine) as session:
+            return [max(0.0, (posted - drafted).total_seconds()) for drafted, posted in session.execute(query)]
+
     def mark_reconciled(self, draft_keys: Sequence[str], actor: str) -> None:
         with self.session() as session:
             for chunk in _chunks(list(draft_keys)):
