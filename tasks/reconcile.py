@@ -354,7 +354,7 @@ def _reconciled(report: ReconcileReport) -> str:
     agree = len(report.invoices) - len(report.mismatches)
     return (f"{agree} of {plural(len(report.invoices), 'posted invoice')} agree with the ERP to the cent; "
             f"{len(report.mismatches)} mismatched, {len(report.duplicates)} duplicated, "
-            f"{len(report.unbilled)} billed work items missing")  # fmt: skip
+            f"{len(report.unbilled)} work items not billed yet (awaiting approval or posting)")  # fmt: skip
 
 
 write_back = stage(write_back_to_source, name="write-back", says=_written_back, retries=2, retry_delay_seconds=10)
