@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import statistics
@@ -84,34 +85,34 @@ def run() -> dict[str, Any]:
 
 
 def measure(erp: str) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="t2i-bench-events-") as tmp:
-        root = Path(tmp)
-        home, export = root / "home", root / "export"
-        pairs = write_export(export, EVENTS)
-        rules = root / "rules.yaml"
-        demo = Path(__file__).parents[2] / "rules" / "examples" / "demo.yaml"
-        rules.write_text(f"extends: {demo}\nname: bench-events\ncustomer_defaults: {{bill_on: resolution}}\n")
-        port, receiver = _free_port(), _free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TICKET_TO_INVOICE_"))}
-        env |= {"TICKET_TO_INVOICE_HOME": str(home), "TICKET_TO_INVOICE_RECEIVER_PORT": str(receiver),
-                "TICKET_TO_INVOICE_ERP": erp, "TICKET_TO_INVOICE_INPUT_DIR": str(export),
-                "TICKET_TO_INVOICE_RULES_FILE": str(rules),
-                "TICKET_TO_INVOICE_WEBHOOK_SECRETS": json.dumps({"generic": SECRET})}  # fmt: skip
-        log = root / "serve.log"
-        with log.open("wb") as out:
-            serve = subprocess.Popen([str(BIN / "ticket-to-invoice"), "serve", "--port", str(port)], env=env,
-                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        try:
-            deadline = time.monotonic() + 600
-            while "Ctrl-C stops everything" not in log.read_text(errors="replace"):
-                if serve.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the service did not start: " + log.read_text(errors="replace")[-3000:])
-                time.sleep(1)
-            api = f"http://127.0.0.1:{port}/api"
-            timed = [one_event(f"http://127.0.0.1:{receiver}", api, home, c, t, erp) for c, t in pairs]
-        finally:
-            os.killpg(serve.pid, 2)
-            serve.wait(timeout=120)
+    root = Path(tempfile.mkdtemp(prefix="t2i-bench-events-"))  # kept when a run fails: its service logs
+    home, export = root / "home", root / "export"
+    pairs = write_export(export, EVENTS)
+    rules = root / "rules.yaml"
+    demo = Path(__file__).parents[2] / "rules" / "examples" / "demo.yaml"
+    rules.write_text(f"extends: {demo}\nname: bench-events\ncustomer_defaults: {{bill_on: resolution}}\n")
+    port, receiver = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TICKET_TO_INVOICE_"))}
+    env |= {"TICKET_TO_INVOICE_HOME": str(home), "TICKET_TO_INVOICE_RECEIVER_PORT": str(receiver),
+            "TICKET_TO_INVOICE_ERP": erp, "TICKET_TO_INVOICE_INPUT_DIR": str(export),
+            "TICKET_TO_INVOICE_RULES_FILE": str(rules),
+            "TICKET_TO_INVOICE_WEBHOOK_SECRETS": json.dumps({"generic": SECRET})}  # fmt: skip
+    log = root / "serve.log"
+    with log.open("wb") as out:
+        serve = subprocess.Popen([str(BIN / "ticket-to-invoice"), "serve", "--port", str(port)], env=env,
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while "Ctrl-C stops everything" not in log.read_text(errors="replace"):
+            if serve.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the service did not start: " + log.read_text(errors="replace")[-3000:])
+            time.sleep(1)
+        api = f"http://127.0.0.1:{port}/api"
+        timed = [one_event(f"http://127.0.0.1:{receiver}", api, home, c, t, erp) for c, t in pairs]
+    finally:
+        os.killpg(serve.pid, 2)
+        serve.wait(timeout=120)
+    shutil.rmtree(root, ignore_errors=True)
     latencies = [t["total"] for t in timed]
     ordered = sorted(latencies)
     phases = {name: round(statistics.median(t[name] for t in timed), 2) for name in PHASES}
