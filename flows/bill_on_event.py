@@ -8,6 +8,8 @@ the period's run: the same event twice bills nothing twice, and the period's run
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +43,7 @@ def bill_on_event(
     customer: str = "",
     occurred: str = "",
     event: str = "",
+    window_seconds: float = 0,
     source: str | None = None,
     input_dir: str | None = None,
     erp: str | None = None,
@@ -54,6 +57,8 @@ def bill_on_event(
         customer: Its customer (``t2i.customer``); empty: looked up from the ticket in the source.
         occurred: When it was resolved (ISO 8601, the event's time): picks the period billed.
         event: The event's id, for the logs.
+        window_seconds: The burst window (the trigger's ``within``): the run reads the source no sooner than this
+            long after ``occurred``, so every resolution the trigger folded into this run is billed by it.
         source: Where the work comes from (files or redmine). Empty: TICKET_TO_INVOICE_SOURCE, else files.
         input_dir: The file-drop export folder on the worker's machine. Empty: the bundled sample export.
         erp: Where invoices go (tryton or files). Empty: TICKET_TO_INVOICE_ERP.
@@ -72,6 +77,7 @@ def bill_on_event(
         label_run(period, name=f"ticket {ticket} · {period}" if ticket else f"{customer} resolutions · {period}")
         say(f"event {event or '(none)'}: ticket {ticket or '(none)'} of {customer or '(customer unknown)'} resolved")
 
+        wait_for_the_burst(moment(occurred), window_seconds, say)
         with one_run_at_a_time(settings, period, say):  # waits for a period's run or another event's
             batch = extract(settings, period)
             customer = customer or ticket_customer(batch, ticket) or ""
@@ -107,6 +113,15 @@ def moment(occurred: str) -> datetime:
     except ValueError:
         raise ConfigurationError(f"occurred: {occurred!r} is not an ISO 8601 time") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def wait_for_the_burst(occurred: datetime, window_seconds: float, say: Callable[[str], None]) -> None:
+    """Sleep until the burst window after the first resolution has passed (usually it has: a run starts a few
+    seconds after its event)."""
+    left = (occurred - datetime.now(UTC)).total_seconds() + window_seconds
+    if left > 0:
+        say(f"waiting {left:.1f} s for the rest of the burst (window {window_seconds:g} s)")
+        time.sleep(left)
 
 
 def billed_at_period_end(customer: str, ticket: str) -> dict[str, Any]:
