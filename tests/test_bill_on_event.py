@@ -5,7 +5,9 @@ consulting 150.00; German VAT 19 % on the invoice; GLOBEX pays 95.00 remote, no 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 
 from billing.ledger import Ledger
 from billing.settings import Settings
-from flows.bill_on_event import bill_on_event
+from flows.bill_on_event import bill_on_event, wait_for_the_burst
 from flows.run_state import summary_of
 from flows.ticket_to_invoice import ticket_to_invoice
 from tests.conftest import DEMO_RULES, SAMPLE
@@ -126,3 +128,13 @@ def test_a_customer_billed_at_period_end_is_left_to_the_monthly_run(
         summary = on_event(ticket="T-4", customer=customer, occurred="2026-10-09T12:00:00Z", rules=rules)
         assert (summary["bill_on"], summary["new_postings"]) == ("period_end", 0)
     assert not (home / "erp-files").exists() or posted_documents(home) == {}
+
+
+def test_a_run_reads_the_source_only_after_the_burst_window() -> None:
+    said: list[str] = []
+    started = time.monotonic()
+    wait_for_the_burst(datetime.now(UTC) - timedelta(seconds=0.2), 0.7, said.append)  # 0.5 s of the window left
+    assert 0.4 <= time.monotonic() - started < 2 and said and said[0].startswith("waiting 0.5 s")
+    said.clear()
+    wait_for_the_burst(datetime.now(UTC) - timedelta(seconds=5), 1, said.append)  # the usual case: already over
+    assert said == []
