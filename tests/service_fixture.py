@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
+from billing.settings import EXAMPLE_RULES
+
 BIN = Path(sys.executable).parent
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED", "PAUSED")
 WEBHOOK_SECRET = "webhook-secret"  # the generic source's, for signed deliveries to the receiver
@@ -34,21 +36,21 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_service(base: Path) -> Iterator[tuple[str, dict[str, str]]]:
+def running_service(base: Path, settings: dict[str, str] | None = None) -> Iterator[tuple[str, dict[str, str]]]:
     """Start `ticket-to-invoice serve` with TICKET_TO_INVOICE_HOME=<base>/home, the file-export ERP, the demo
-    rules with ACME billed on resolution (the others monthly) and a generic webhook secret; yield the API URL
-    (the UI is the same URL without ``/api``) and the environment that reaches it, plus ``RECEIVER`` (its URL)
-    and ``SERVE_PID``. Ctrl-C on exit."""
-    from tests.conftest import DEMO_RULES
-
+    rules with ACME billed on resolution (the others monthly) and a generic webhook secret, unless ``settings``
+    (``TICKET_TO_INVOICE_*`` variables) say otherwise; yield the API URL (the UI is the same URL without
+    ``/api``) and the environment that reaches it, plus ``RECEIVER`` (its URL) and ``SERVE_PID``. Ctrl-C on
+    exit."""
     home = base / "home"
     port, receiver = free_port(), free_port()
     rules = base / "rules.yaml"
-    rules.write_text(f"extends: {DEMO_RULES}\nname: service\ncustomers:\n  ACME: {{bill_on: resolution}}\n")
+    rules.write_text(f"extends: {EXAMPLE_RULES}\nname: service\ncustomers:\n  ACME: {{bill_on: resolution}}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TICKET_TO_INVOICE_"))}
     env |= {"TICKET_TO_INVOICE_HOME": str(home), "TICKET_TO_INVOICE_RECEIVER_PORT": str(receiver),
             "TICKET_TO_INVOICE_ERP": "files", "TICKET_TO_INVOICE_RULES_FILE": str(rules),
             "TICKET_TO_INVOICE_WEBHOOK_SECRETS": json.dumps({"generic": WEBHOOK_SECRET})}  # fmt: skip
+    env |= settings or {}
     log = base / "serve.log"
     with log.open("wb") as out:
         serve = subprocess.Popen([str(BIN / "ticket-to-invoice"), "serve", "--port", str(port)], env=env,

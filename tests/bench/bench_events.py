@@ -11,11 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -26,18 +23,9 @@ from typing import Any
 import httpx
 
 from connectors.webhooks import generic_signature
+from tests.service_fixture import WEBHOOK_SECRET, running_service
 
 EVENTS = 20
-SECRET = "bench-secret"
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def write_export(folder: Path, customers: int) -> list[tuple[str, str]]:
     """An export of October 2026 with one resolved ticket (one hour of remote support) per customer."""
     folder.mkdir(parents=True)
@@ -58,7 +46,7 @@ def write_export(folder: Path, customers: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def signed(body: bytes, secret: str = SECRET) -> dict[str, str]:
+def signed(body: bytes, secret: str = WEBHOOK_SECRET) -> dict[str, str]:
     """The headers of a generic webhook delivery (README, "The generic scheme")."""
     stamp = str(int(time.time()))
     return {"Content-Type": "application/json", "X-T2I-Timestamp": stamp, "X-T2I-Delivery": str(uuid.uuid4()),
@@ -86,32 +74,16 @@ def run() -> dict[str, Any]:
 
 def measure(erp: str) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="t2i-bench-events-"))  # kept when a run fails: its service logs
-    home, export = root / "home", root / "export"
+    export = root / "export"
     pairs = write_export(export, EVENTS)
-    rules = root / "rules.yaml"
+    rules = root / "bench-rules.yaml"
     demo = Path(__file__).parents[2] / "rules" / "examples" / "demo.yaml"
     rules.write_text(f"extends: {demo}\nname: bench-events\ncustomer_defaults: {{bill_on: resolution}}\n")
-    port, receiver = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TICKET_TO_INVOICE_"))}
-    env |= {"TICKET_TO_INVOICE_HOME": str(home), "TICKET_TO_INVOICE_RECEIVER_PORT": str(receiver),
-            "TICKET_TO_INVOICE_ERP": erp, "TICKET_TO_INVOICE_INPUT_DIR": str(export),
-            "TICKET_TO_INVOICE_RULES_FILE": str(rules),
-            "TICKET_TO_INVOICE_WEBHOOK_SECRETS": json.dumps({"generic": SECRET})}  # fmt: skip
-    log = root / "serve.log"
-    with log.open("wb") as out:
-        serve = subprocess.Popen([str(BIN / "ticket-to-invoice"), "serve", "--port", str(port)], env=env,
-                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 600
-        while "Ctrl-C stops everything" not in log.read_text(errors="replace"):
-            if serve.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the service did not start: " + log.read_text(errors="replace")[-3000:])
-            time.sleep(1)
-        api = f"http://127.0.0.1:{port}/api"
-        timed = [one_event(f"http://127.0.0.1:{receiver}", api, home, c, t, erp) for c, t in pairs]
-    finally:
-        os.killpg(serve.pid, 2)
-        serve.wait(timeout=120)
+    settings = {"TICKET_TO_INVOICE_ERP": erp, "TICKET_TO_INVOICE_INPUT_DIR": str(export),
+                "TICKET_TO_INVOICE_RULES_FILE": str(rules)}  # fmt: skip
+    with running_service(root, settings) as (api, env):
+        home = Path(env["TICKET_TO_INVOICE_HOME"])
+        timed = [one_event(env["RECEIVER"], api, home, c, t) for c, t in pairs]
     shutil.rmtree(root, ignore_errors=True)
     latencies = [t["total"] for t in timed]
     ordered = sorted(latencies)
@@ -129,7 +101,7 @@ def measure(erp: str) -> dict[str, Any]:
 PHASES = ("to_event", "to_flow_run", "to_start", "to_posted")
 
 
-def one_event(receiver: str, api: str, home: Path, customer: str, ticket: str, erp: str) -> dict[str, float]:
+def one_event(receiver: str, api: str, home: Path, customer: str, ticket: str) -> dict[str, float]:
     """Seconds from the request to the invoice posted, and its phases: to the event received by the server, to
     the flow run its trigger created, to the run's start (burst window, worker pick-up, engine start), to the
     posting."""
