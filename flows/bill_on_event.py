@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from prefect import State, flow, get_run_logger
 from prefect.states import Failed
@@ -44,11 +44,11 @@ def bill_on_event(
     occurred: str = "",
     event: str = "",
     window_seconds: float = 0,
-    source: str | None = None,
+    source: Literal["files", "redmine"] | None = None,
     input_dir: str | None = None,
-    erp: str | None = None,
+    erp: Literal["tryton", "files"] | None = None,
     rules: str | None = None,
-    approve: str | None = None,
+    approve: Literal["auto", "manual"] | None = None,
 ) -> dict[str, Any] | State[Any]:
     """Invoice a customer's resolved tickets now (``bill_on: resolution`` or ``each_resolution`` in the rules).
 
