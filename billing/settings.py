@@ -83,10 +83,15 @@ class Settings(BaseSettings):
     data_docs_keep: int = Field(
         default=50, ge=1, description="Data Docs of this many most recent runs are kept under HOME/data-docs.",
     )  # fmt: skip
+    erp_limit: str | None = Field(
+        default=None,
+        description="The Prefect global concurrency limit postings hold a slot of. Empty: one per ERP instance, "
+        "erp:tryton:<host:port>:<database> or erp:files:<a hash of the folder>; name one to share it otherwise.",
+    )
     erp_concurrency_slots: int = Field(
         default=1, ge=1,
-        description="Slots of the Prefect global concurrency limit erp:<erp> (erp:tryton) that a posting holds one "
-        "of: how many postings into that kind of ERP run at once, across every run, ledger and worker using the "
+        description="Slots of the Prefect global concurrency limit of the ERP (erp_limit) that a posting holds one "
+        "of: how many postings into that ERP run at once, across every run, ledger and worker using the "
         "Prefect server. 1: invoices are numbered by the ERP in the order they are posted, and Tryton numbers "
         "twice under concurrent posts on SQLite. Made with these slots by `ticket-to-invoice serve`, or by the "
         "first posting when missing; change it there (UI: Concurrency) afterwards.",

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import get_args
 
 import httpx
 
@@ -199,16 +198,15 @@ def create_automations(settings: Settings, receiver_url: str) -> list[str]:
     return [a.name for a in wanted]
 
 
-def create_erp_limits(settings: Settings) -> list[str]:
-    """The global concurrency limit of every ERP (``erp:tryton``, ``erp:files``) that postings hold a slot of,
-    with ``TICKET_TO_INVOICE_ERP_CONCURRENCY_SLOTS`` slots: made before the first run so the UI shows them, and
-    set again on every start, as the automations are (the setting is what the service runs with)."""
+def create_erp_limit(settings: Settings) -> str:
+    """The global concurrency limit of the service's ERP (``erp_limit_name``) that postings hold a slot of,
+    with ``TICKET_TO_INVOICE_ERP_CONCURRENCY_SLOTS`` slots: made before the first run so the UI shows it, and set
+    again on every start, as the automations are (the setting is what the service runs with)."""
     from tasks.post import ensure_erp_limit, erp_limit_name
 
-    erps: tuple[str, ...] = get_args(Settings.model_fields["erp"].annotation)
-    for erp in erps:
-        ensure_erp_limit(erp, settings.erp_concurrency_slots, set_slots=True)
-    return [f"{erp_limit_name(erp)}: {settings.erp_concurrency_slots}" for erp in erps]
+    name = erp_limit_name(settings)
+    ensure_erp_limit(name, settings.erp_concurrency_slots, set_slots=True)
+    return f"{name}: {settings.erp_concurrency_slots}"
 
 
 @contextmanager
@@ -235,7 +233,6 @@ def running_service(settings: Settings, port: int = 4200, say: Callable[[str], N
         say("deploying every deployment of prefect.yaml")
         deploy(env, logs / "deploy.log")
         automations = create_automations(settings, receiver_url)
-        concurrency_limits = create_erp_limits(settings)
         if settings.erp == "tryton" and not settings.tryton_url:  # one Tryton for every run, not one per run
             from connectors.tryton_embedded import EmbeddedTryton
 
@@ -244,6 +241,10 @@ def running_service(settings: Settings, port: int = 4200, say: Callable[[str], N
             env |= {"TICKET_TO_INVOICE_TRYTON_URL": tryton.url, "TICKET_TO_INVOICE_TRYTON_DATABASE": tryton.database,
                     "TICKET_TO_INVOICE_TRYTON_USER": tryton.user, "TICKET_TO_INVOICE_TRYTON_PASSWORD": tryton.password}
         erp = env.get("TICKET_TO_INVOICE_TRYTON_URL", "") if settings.erp == "tryton" else str(settings.erp_files_dir)
+        posting_into = settings.model_copy(update={"tryton_url": env.get("TICKET_TO_INVOICE_TRYTON_URL"),
+                                                   "tryton_database": env.get("TICKET_TO_INVOICE_TRYTON_DATABASE",
+                                                                              settings.tryton_database)})  # fmt: skip
+        concurrency_limits = [create_erp_limit(posting_into)]
         say("starting the warm server (flows, pandas and Great Expectations loaded once, a fork per run)")
         socket_path = warm_socket(settings)
         socket_path.unlink(missing_ok=True)  # one left by a service that was killed

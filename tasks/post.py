@@ -4,8 +4,11 @@ key (a crash between posting and recording it) and answers with that invoice ins
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from prefect import get_run_logger
@@ -91,13 +94,20 @@ LEASE_SECONDS = 60.0  # the server's shortest: renewed every 45 s; a holder that
 SLOT_RECORD = "prefect-slot:"  # ledger leases naming each held slot's Prefect lease: ``prefect-slot:<limit>:<id>``
 
 
-def erp_limit_name(erp: str) -> str:
-    """The Prefect global concurrency limit a posting into this kind of ERP holds a slot of."""
-    return f"erp:{erp}"
+def erp_limit_name(settings: Settings) -> str:
+    """The Prefect global concurrency limit a posting into this ERP instance holds a slot of (``erp_limit``, else
+    ``erp:tryton:<host:port>:<database>`` or ``erp:files:<hash of the folder>``): two homes with files ERPs of
+    their own, or two Tryton servers, never wait for each other."""
+    if settings.erp_limit:
+        return settings.erp_limit
+    if settings.erp == "files":
+        return f"erp:files:{hashlib.sha1(str(settings.erp_files_dir.resolve()).encode()).hexdigest()[:10]}"
+    where = urlsplit(settings.tryton_url or "").netloc or "embedded"
+    return re.sub(r"[/%&<>]", "_", f"erp:{settings.erp}:{where}:{settings.tryton_database}")
 
 
-def ensure_erp_limit(erp: str, slots: int, *, set_slots: bool = False) -> GlobalConcurrencyLimitResponse:
-    """``erp:<erp>``, made with ``slots`` when it does not exist. ``set_slots``: also set an existing limit to
+def ensure_erp_limit(name: str, slots: int, *, set_slots: bool = False) -> GlobalConcurrencyLimitResponse:
+    """The limit ``name``, made with ``slots`` when it does not exist. ``set_slots``: also set an existing limit to
     ``slots`` (the service's start); otherwise one someone changed in the UI stays as it is.
 
     Prefect 3.8 never makes a limit on first use: taking a slot of a missing one is skipped with a warning
@@ -106,7 +116,6 @@ def ensure_erp_limit(erp: str, slots: int, *, set_slots: bool = False) -> Global
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-    name = erp_limit_name(erp)
     with get_client(sync_client=True) as client:
         try:
             existing = client.read_global_concurrency_limit_by_name(name)
@@ -138,7 +147,7 @@ def give_back_abandoned_slots(ledger: Ledger, limit: str, say: Callable[[str], N
 
 @contextmanager
 def erp_slot(settings: Settings, say: Callable[[str], None] = print) -> Iterator[None]:
-    """Hold a slot of the Prefect global concurrency limit ``erp:<erp>`` (made when missing, with
+    """Hold a slot of the ERP's Prefect global concurrency limit (``erp_limit_name``; made when missing, with
     ``erp_concurrency_slots``) while the block runs, waiting for one up to ``lock_wait_seconds``.
 
     The ledger's ``posting:<target>`` lease serializes the posters of one ledger into one ERP; this limit
@@ -156,10 +165,10 @@ def erp_slot(settings: Settings, say: Callable[[str], None] = print) -> Iterator
     from prefect.concurrency.sync import concurrency
     from prefect.context import TaskRunContext
 
-    name = erp_limit_name(settings.erp)
+    name = erp_limit_name(settings)
     ledger = Ledger(settings.resolved_ledger_url)
     give_back_abandoned_slots(ledger, name, say)
-    limit = ensure_erp_limit(settings.erp, settings.erp_concurrency_slots)
+    limit = ensure_erp_limit(name, settings.erp_concurrency_slots)
     if limit.active and limit.active_slots >= limit.limit:
         say(f"waiting for a slot of {name} ({plural(limit.limit, 'slot')}, all taken by other postings into "
             f"{settings.erp}), at most {settings.lock_wait_seconds} s")  # fmt: skip

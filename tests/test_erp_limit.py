@@ -26,7 +26,7 @@ from connectors.file_erp import FileErp
 from tasks.post import ensure_erp_limit, erp_limit_name, erp_slot, post_holding_erp_slot
 
 pytestmark = [pytest.mark.integration]
-LIMIT = erp_limit_name("files")
+LIMIT = "erp:files"  # named in these tests' settings (erp_limit), so ledgers in different homes share it
 POSTING_SECONDS = 1.5
 
 
@@ -71,7 +71,7 @@ def home_with_an_approved_draft(home: Path, period: str, slots: int = 1, **setti
     ledger.save_drafts(period, [draft], actor="test")
     ledger.record_decisions([ApprovalDecision(draft_key=draft.key, approved=True, approver="t",
                                               decided_at=datetime.now(UTC))])  # fmt: skip
-    return Settings(home=home, erp="files", erp_concurrency_slots=slots, **settings)
+    return Settings(home=home, erp="files", erp_concurrency_slots=slots, erp_limit=LIMIT, **settings)
 
 
 @pytest.fixture
@@ -184,7 +184,8 @@ def test_the_slot_of_a_killed_poster_is_given_back_at_once(no_limit: None, tmp_p
     settings = home_with_an_approved_draft(tmp_path / "a", "2026-10", lock_wait_seconds=15)  # not an hour
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env |= {"PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONPATH": str(PROJECT_ROOT),
-            "TICKET_TO_INVOICE_HOME": str(settings.home), "TICKET_TO_INVOICE_ERP": "files"}  # fmt: skip
+            "TICKET_TO_INVOICE_HOME": str(settings.home), "TICKET_TO_INVOICE_ERP": "files",
+            "TICKET_TO_INVOICE_ERP_LIMIT": LIMIT}  # fmt: skip
     killed = subprocess.run([sys.executable, "-c", (
         "import os, signal\n"
         "from billing.settings import load_settings\n"
@@ -227,24 +228,29 @@ def test_prefect_does_not_make_a_missing_limit_so_ensure_erp_limit_does(no_limit
 
     with concurrency(LIMIT, occupy=1, strict=False):  # Prefect 3.8: a warning, no limit, nothing held
         assert limit_slots() is None
-    assert ensure_erp_limit("files", 1).limit == 1 and limit_slots() == (1, 0)
+    assert ensure_erp_limit(LIMIT, 1).limit == 1 and limit_slots() == (1, 0)
 
     # Someone gives it 3 slots in the UI: a posting leaves that alone, the service's start sets the setting again.
-    assert ensure_erp_limit("files", 3, set_slots=True).limit == 3
-    assert ensure_erp_limit("files", 1).limit == 3 and limit_slots() == (3, 0)
-    assert ensure_erp_limit("files", 1, set_slots=True).limit == 1 and limit_slots() == (1, 0)
+    assert ensure_erp_limit(LIMIT, 3, set_slots=True).limit == 3
+    assert ensure_erp_limit(LIMIT, 1).limit == 3 and limit_slots() == (3, 0)
+    assert ensure_erp_limit(LIMIT, 1, set_slots=True).limit == 1 and limit_slots() == (1, 0)
 
 
-def test_the_service_makes_a_limit_per_erp_with_the_configured_slots(no_limit: None, tmp_path: Path) -> None:
-    from flows.service import create_erp_limits
+def test_the_service_makes_its_erps_limit_with_the_configured_slots(no_limit: None, tmp_path: Path) -> None:
+    from flows.service import create_erp_limit
 
-    delete_limit(erp_limit_name("tryton"))
-    try:
-        made = create_erp_limits(Settings(home=tmp_path, erp_concurrency_slots=2))
-        assert made == ["erp:tryton: 2", "erp:files: 2"]
-        assert limit_slots() == (2, 0)
-    finally:
-        delete_limit(erp_limit_name("tryton"))
+    assert create_erp_limit(Settings(home=tmp_path, erp="files", erp_limit=LIMIT, erp_concurrency_slots=2)) == (
+        "erp:files: 2"
+    )
+    assert limit_slots() == (2, 0)
+
+
+def test_each_erp_instance_has_a_limit_of_its_own(tmp_path: Path) -> None:
+    one, other = Settings(home=tmp_path / "a", erp="files"), Settings(home=tmp_path / "b", erp="files")
+    assert erp_limit_name(one).startswith("erp:files:") and erp_limit_name(one) != erp_limit_name(other)
+    tryton = Settings(home=tmp_path, erp="tryton", tryton_url="http://127.0.0.1:8000/", tryton_database="acme")
+    assert erp_limit_name(tryton) == "erp:tryton:127.0.0.1:8000:acme"  # no "/": Prefect refuses it in names
+    assert erp_limit_name(one.model_copy(update={"erp_limit": "erp:shared"})) == "erp:shared"
 
 
 def test_the_flow_posts_holding_the_limit(
@@ -256,6 +262,7 @@ def test_the_flow_posts_holding_the_limit(
     from tests.conftest import DEMO_RULES, SAMPLE
 
     monkeypatch.setenv("TICKET_TO_INVOICE_HOME", str(home))
+    monkeypatch.setenv("TICKET_TO_INVOICE_ERP_LIMIT", LIMIT)
     state = ticket_to_invoice(input_dir=str(SAMPLE), erp="files", rules=str(DEMO_RULES), return_state=True)
     first = summary_of(state)
     assert first["new_postings"] == 4
