@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from urllib.parse import urlsplit
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from prefect import get_run_logger
 from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
@@ -92,6 +92,7 @@ def post_approved(settings: Settings, period: str) -> tuple[list[PostingReceipt]
 
 LEASE_SECONDS = 60.0  # the server's shortest: renewed every 45 s; a holder that dies unseen frees its slot soonest
 SLOT_RECORD = "prefect-slot:"  # ledger leases naming each held slot's Prefect lease: ``prefect-slot:<limit>:<id>``
+ASKING = "asking-"  # ``prefect-slot:<limit>:asking-<uuid>``: noted before asking Prefect, until the lease id is noted
 
 
 def erp_limit_name(settings: Settings) -> str:
@@ -133,14 +134,24 @@ def give_back_abandoned_slots(ledger: Ledger, limit: str, say: Callable[[str], N
     """Release the slots of ``limit`` that posters of this ledger held when they died (kill -9, a reboot).
 
     Prefect frees a dead holder's slot only when its lease expires, and only on a server running its
-    repossessor service (not on a temporary one): the ledger knows at once that the holder is gone."""
+    repossessor service (not on a temporary one): the ledger knows at once that the holder is gone.
+
+    A poster that died while asking (its ``asking-`` record, no lease id noted) may or may not have been
+    granted a slot; one slot is given back without a lease id when any is taken. On a server with a repossessor
+    the unknown lease also expires later and frees a slot again, so for about a minute one posting more than the
+    limit may run into this ERP, and only from another ledger: posters of one ledger take turns anyway."""
     from prefect.client.orchestration import get_client
 
     from billing.ledger.locks import describe
 
     for record in ledger.abandoned_leases(f"{SLOT_RECORD}{limit}:"):
+        lease = record.name.rsplit(":", 1)[1]
         with get_client(sync_client=True) as client:  # a lease the server no longer has is ignored
-            client.release_concurrency_slots_with_lease(UUID(record.name.rsplit(":", 1)[1]))
+            if not lease.startswith(ASKING):
+                client.release_concurrency_slots_with_lease(UUID(lease))
+            elif client.read_global_concurrency_limit_by_name(limit).active_slots > 0:
+                # how long it was held is unknown; the server only averages it into the limit's statistics
+                client.release_concurrency_slots([limit], slots=1, occupancy_seconds=1.0)
         ledger.remove_lease(record)
         say(f"gave back the slot of {limit} that {describe(record)} held: its process is gone")
 
@@ -176,7 +187,12 @@ def erp_slot(settings: Settings, say: Callable[[str], None] = print) -> Iterator
     holder = ConcurrencyLeaseHolder(type="task_run", id=task_run.task_run.id) if task_run else None
     # Exits in this order: the Prefect lease is released first, then the ledger's record of it goes, so a
     # process dying in between leaves a record of a lease already released (harmless), never the reverse.
+    purpose = f"a posting into {settings.erp}"
     with ExitStack() as record, ConcurrencyContext() as granted, ExitStack() as slot:
+        # Noted before asking, so a process killed after Prefect granted the slot but before its lease id was
+        # noted leaves a record for the next poster to give the slot back by.
+        asking = record.enter_context(ExitStack())
+        asking.enter_context(ledger.lock(f"{SLOT_RECORD}{name}:{ASKING}{uuid4().hex}", purpose=purpose))
         try:
             slot.enter_context(concurrency(
                 name, occupy=1, timeout_seconds=max(1, settings.lock_wait_seconds), lease_duration=LEASE_SECONDS,
@@ -193,8 +209,8 @@ def erp_slot(settings: Settings, say: Callable[[str], None] = print) -> Iterator
         # The id of the lease just granted (Prefect notes it in the current ConcurrencyContext); none when the
         # limit was deleted in between, and then nothing is held.
         for lease_id in granted.cleanup_lease_ids[-1:]:
-            purpose = f"a posting into {settings.erp}"
             record.enter_context(ledger.lock(f"{SLOT_RECORD}{name}:{lease_id}", purpose=purpose))
+        asking.close()
         yield
 
 

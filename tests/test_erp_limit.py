@@ -206,6 +206,47 @@ def test_the_slot_of_a_killed_poster_is_given_back_at_once(no_limit: None, tmp_p
     assert Ledger(settings.resolved_ledger_url).abandoned_leases("prefect-slot:") == []
 
 
+def test_a_poster_killed_before_noting_its_lease_id_leaves_a_record_the_slot_is_given_back_by(
+    no_limit: None, tmp_path: Path
+) -> None:
+    """kill -9 after Prefect granted the slot but before the ledger noted the lease's id (a kill trial found this
+    window): the record noted before asking names no lease, and the next poster gives one slot back."""
+    from prefect.settings import PREFECT_API_URL
+
+    settings = home_with_an_approved_draft(tmp_path / "a", "2026-10", lock_wait_seconds=15)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env |= {"PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONPATH": str(PROJECT_ROOT),
+            "TICKET_TO_INVOICE_HOME": str(settings.home), "TICKET_TO_INVOICE_ERP": "files",
+            "TICKET_TO_INVOICE_ERP_LIMIT": LIMIT}  # fmt: skip
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal\n"
+        "from billing.ledger.store import Ledger\n"
+        "from billing.settings import load_settings\n"
+        "from tasks.post import ASKING, erp_slot\n"
+        "lock = Ledger.lock\n"
+        "def lock_or_die(self, name, **kw):\n"
+        "    if name.startswith('prefect-slot:') and ASKING not in name:  # granted, its id not noted yet\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return lock(self, name, **kw)\n"
+        "Ledger.lock = lock_or_die\n"
+        "with erp_slot(load_settings(), say=print):\n"
+        "    pass\n"
+    )], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert limit_slots() == (1, 1)
+    [asking] = Ledger(settings.resolved_ledger_url).abandoned_leases("prefect-slot:")
+    assert asking.name.startswith(f"prefect-slot:{LIMIT}:asking-")
+
+    said: list[str] = []
+    started = time.monotonic()
+    receipts, failures = post_holding_erp_slot(settings, "2026-10", say=said.append)
+    assert time.monotonic() - started < 20
+    assert len(receipts) == 1 and failures == []
+    assert any(s.startswith("gave back the slot of erp:files that a posting into files (process ") for s in said)
+    assert limit_slots() == (1, 0)
+    assert Ledger(settings.resolved_ledger_url).abandoned_leases("prefect-slot:") == []
+
+
 def test_without_a_prefect_server_the_ledger_lease_alone_serializes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
