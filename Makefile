@@ -26,6 +26,7 @@ run: $(STAMP)
 
 ## The service on 127.0.0.1: Prefect server + UI (:4200), a worker, every deployment, automations, webhook receiver.
 serve: $(STAMP)
+	tests/system/install-debian-packages.sh postgresql
 	$(BIN)/ticket-to-invoice serve
 
 ## Lint and run every test (unit and integration).
@@ -44,6 +45,7 @@ ui: $(STAMP)
 
 ## Benchmarks (targets in the issues; results in bench-results.json).
 bench: $(STAMP)
+	tests/system/install-debian-packages.sh postgresql
 	$(BIN)/python -m tests.bench.run
 
 clean:

@@ -116,6 +116,13 @@ class Settings(BaseSettings):
     webhook_tolerance_seconds: int = Field(
         default=300, ge=1, description="A signed webhook delivery older (or newer) than this is refused as stale."
     )
+    prefect_database: Literal["postgresql", "sqlite"] = Field(
+        default="postgresql",
+        description="The database of the Prefect server `ticket-to-invoice serve` starts: postgresql (a cluster of "
+        "Debian's PostgreSQL under HOME/prefect/postgresql, started and stopped with the service) or sqlite "
+        "(Prefect's own file; event-triggered runs then often start 2 to 6 s later, on SQLite's lock retries). "
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL, when set, names the database instead.",
+    )
     receiver_port: int = Field(default=4280, ge=1, le=65535, description="Port of the webhook receiver (127.0.0.1).")
 
     @field_validator("period")

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from billing.settings import PROJECT_ROOT, Settings
+from flows.postgres_cluster import prefect_database
 
 WORK_POOL = "local-process"
 BIN = Path(sys.executable).parent
@@ -48,6 +50,7 @@ class Service:
     automations: list[str] = field(default_factory=list)
     erp: str = ""
     concurrency_limits: list[str] = field(default_factory=list)
+    prefect_database: str = ""
 
     def describe(self) -> str:
         return "\n".join([
@@ -58,6 +61,7 @@ class Service:
             f"deployments        {', '.join(self.deployments)}",
             f"automations        {', '.join(self.automations)}",
             f"ERP                {self.erp}",
+            f"Prefect database   {self.prefect_database}",
             f"concurrency limits {', '.join(self.concurrency_limits)}   (postings into an ERP at once)",
             f"home               {self.home}",
             "Ctrl-C stops everything.",
@@ -84,6 +88,13 @@ def service_environment(settings: Settings, api_url: str) -> dict[str, str]:
         "GX_ANALYTICS_ENABLED": "false",
         "TICKET_TO_INVOICE_WARM_SOCKET": str(warm_socket(settings)),
     }
+
+
+def described(database_url: str | None, settings: Settings) -> str:
+    """The Prefect server's database, without a password."""
+    if not database_url:
+        return f"SQLite ({settings.prefect_home / 'prefect.db'})"
+    return re.sub(r"//([^:@/]+):[^@/]*@", r"//\1:***@", database_url)
 
 
 def _default_signals() -> None:
@@ -220,6 +231,8 @@ def running_service(settings: Settings, port: int = 4200, say: Callable[[str], N
     receiver_url = f"http://127.0.0.1:{settings.receiver_port}"
     prefect = str(BIN / "prefect")
     with ExitStack() as stack:
+        if database := stack.enter_context(prefect_database(settings, say)):
+            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database
         say(f"starting the Prefect server on 127.0.0.1:{port} (logs under {logs})")
         server = stack.enter_context(process([prefect, "server", "start", "--host", "127.0.0.1", "--port",
                                               str(port)], env, logs / "server.log"))  # fmt: skip
@@ -259,4 +272,6 @@ def running_service(settings: Settings, port: int = 4200, say: Callable[[str], N
         yield Service(api_url=api_url, ui_url=f"http://127.0.0.1:{port}", receiver_url=receiver_url,
                       home=settings.home, deployments=deployments, automations=automations,
                       erp=f"{settings.erp} ({erp or 'TICKET_TO_INVOICE_TRYTON_URL'})",
-                      concurrency_limits=concurrency_limits)  # fmt: skip
+                      concurrency_limits=concurrency_limits,
+                      prefect_database=described(env.get("PREFECT_SERVER_DATABASE_CONNECTION_URL"),
+                                                 settings))  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from billing.settings import EXAMPLE_RULES
+from billing.settings import EXAMPLE_RULES, Settings
+from flows.postgres_cluster import cluster_directory
 
 BIN = Path(sys.executable).parent
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED", "PAUSED")
@@ -77,6 +79,8 @@ def running_service(base: Path, settings: dict[str, str] | None = None) -> Itera
             except subprocess.TimeoutExpired:  # its server is gone: it may be retrying forever
                 started.kill()
                 started.wait(timeout=30)
+        # root's clusters live outside the home (flows/postgres_cluster.py): a test's goes with its home
+        shutil.rmtree(cluster_directory(Settings(home=home)), ignore_errors=True)
     assert "stopped" in log.read_text(errors="replace")
 
 

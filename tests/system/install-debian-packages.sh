@@ -2,7 +2,8 @@
 # The Debian packages the integration tests run for real. Installs what is missing (as root, or with sudo);
 # does nothing when everything is there. Called by `make test`.
 set -euo pipefail
-packages=(postgresql chromium chromium-driver)
+# With arguments, only those (`make serve` and `make bench` need PostgreSQL alone: the Prefect server's database).
+if [ $# -gt 0 ]; then packages=("$@"); else packages=(postgresql chromium chromium-driver); fi
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
