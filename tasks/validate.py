@@ -4,6 +4,7 @@ the rest go on. Each run leaves GX Data Docs under ``$HOME/data-docs/<run>/`` an
 
 from __future__ import annotations
 
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -103,17 +104,21 @@ def _in_prefect_run() -> bool:
     return TaskRunContext.get() is not None or FlowRunContext.get() is not None
 
 
-def _publish(outcomes: list[Outcome], docs: Path | None, period: str) -> None:
-    """Rows checked, failed per expectation and a few examples, as artifacts of the run in the Prefect UI."""
+def _publish(outcomes: list[Outcome], docs: Path | None, batch: WorkBatch) -> None:
+    """Rows checked, failed per expectation and a few examples, as artifacts of the run in the Prefect UI: keyed
+    by period, and by customer for an event run (so it never becomes the latest version of the period's)."""
     if not _in_prefect_run():  # outside a run an artifact would start a Prefect server of its own
         return
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    slug = period.replace("-", "")
+    slug, what = batch.period.replace("-", ""), batch.period
+    if batch.scope is not None:
+        slug += "-" + re.sub(r"[^a-z0-9]+", "-", batch.scope.customer_id.lower()).strip("-")
+        what += f", {batch.scope.customer_id}'s resolved tickets"
     create_table_artifact(key=f"data-quality-{slug}", table=summary_table(outcomes),
-                          description=f"Data quality of {period}: rows checked and failed per expectation")  # fmt: skip
+                          description=f"Data quality of {what}: rows checked and failed per expectation")  # fmt: skip
     create_markdown_artifact(key=f"data-quality-examples-{slug}", markdown=summary_markdown(outcomes, docs),
-                             description=f"Data quality of {period}: failing rows, examples, Data Docs")  # fmt: skip
+                             description=f"Data quality of {what}: failing rows, examples, Data Docs")  # fmt: skip
 
 
 def prune_data_docs(folder: Path, keep: int) -> list[Path]:
@@ -140,9 +145,13 @@ def validate_batch(settings: Settings, batch: WorkBatch, now: datetime | None = 
             reasons=outcome.quarantined["reason"].tolist(),
             details=[{"failed": d, "suite": outcome.suite} for d in outcome.quarantined["details"]],
         )
-    docs = write_data_docs(checked.all, settings.home / "data-docs" / _run_name(batch, now))
-    prune_data_docs(settings.home / "data-docs", settings.data_docs_keep)
-    _publish(checked.all, docs, batch.period)
+    docs = None
+    if batch.scope is None or any(len(o.quarantined) for o in checked.all):
+        # An event run's clean ticket gets none: a site per ticket would cost a quarter second of its latency
+        # and push the period runs' Data Docs out of the ``data_docs_keep`` most recent.
+        docs = write_data_docs(checked.all, settings.home / "data-docs" / _run_name(batch, now))
+        prune_data_docs(settings.home / "data-docs", settings.data_docs_keep)
+    _publish(checked.all, docs, batch)
     # Judged against the whole period (earlier runs' rows too), not only what is left to do: see gate().
     period_rows = {
         outcome.suite: ledger.count_items(batch.period, batch.source_system, set(frame["object_type"]))
@@ -156,7 +165,7 @@ def validate_batch(settings: Settings, batch: WorkBatch, now: datetime | None = 
 def _validated(validated: Validated) -> str:
     quarantined = [f"{plural(len(o.quarantined), 'row')} of {o.suite}"
                    for o in validated.outcomes if len(o.quarantined)]  # fmt: skip
-    where = f" (Data Docs: {validated.data_docs})" if validated.data_docs else ""
+    where = f" (Data Docs: {validated.data_docs})" if validated.data_docs else " (no Data Docs: every row passed)"
     return (f"{plural(len(validated.worklogs), 'work log')} and {plural(len(validated.usage), 'usage record')} "
             f"passed their suites; quarantined: {', '.join(quarantined) or 'none'}{where}")  # fmt: skip
 

@@ -161,3 +161,25 @@ def test_only_the_most_recent_runs_data_docs_are_kept(tmp_path: Path) -> None:
     assert [p.name for p in removed] == ["20261101T000000Z-2026-10-a"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["20261102T000000Z-2026-10-b", "20261103T000000Z-2026-10-c"]
     assert prune_data_docs(tmp_path / "none-yet", keep=2) == []
+
+
+def test_an_event_runs_clean_ticket_writes_no_data_docs_and_a_failing_one_does(settings: Settings) -> None:
+    """A site per resolved ticket would cost latency and push the period runs' Data Docs out of the kept ones."""
+    from tasks.extract import resolved_work
+
+    batch = extract_work(settings, "2026-10")
+    worklogs = batch.worklogs.set_index("source_id")
+    clean = worklogs.drop(index=list(BAD_ROWS), errors="ignore")
+    customer, ticket = clean.iloc[0]["customer_id"], clean.iloc[0]["ticket_id"]
+    scoped = resolved_work(batch, customer, ticket)
+    assert scoped.scope is not None and not set(scoped.worklogs["source_id"]) & BAD_ROWS
+
+    validated = validate_batch(settings, scoped, NOW)
+    assert validated.data_docs is None and len(validated.worklogs) == len(scoped.worklogs) > 0
+    assert not (settings.home / "data-docs").exists()
+
+    bad = worklogs.loc["WL-00501"]  # -30 minutes
+    failing = resolved_work(batch, bad["customer_id"], bad["ticket_id"])
+    assert "WL-00501" in set(failing.worklogs["source_id"])
+    docs = validate_batch(settings, failing, NOW).data_docs
+    assert docs is not None and docs.exists()
