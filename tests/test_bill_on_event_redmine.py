@@ -13,6 +13,7 @@ up to 15 minutes; an entry counts as done at noon of its day, so on a weekday no
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -72,10 +73,20 @@ def a_weekday_of_this_month(today: date) -> date:
     return next(d for d in days if d.month == today.month and d.weekday() < 5)
 
 
+def not_at_a_months_turn(margin: timedelta = timedelta(minutes=5)) -> None:
+    """Wait for the next month when it is less than ``margin`` away: the time is logged in today's month and the
+    run bills the month the issue closes in, so the scenario must not straddle the turn."""
+    now = datetime.now(UTC)
+    turn = (now.replace(day=1, hour=0, minute=0, second=0, microsecond=0) + timedelta(days=32)).replace(day=1)
+    if turn - now < margin:
+        time.sleep((turn - now).total_seconds() + 1)
+
+
 @pytest.fixture(scope="module")
 def scenario(redmine: RedmineInstance, tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     """Two new projects of the shared Redmine, with issues and time entries of known hours, and a rules file that
     bills only them and says the first one bills on resolution."""
+    not_at_a_months_turn()
     tag = new_tag()
     spent_on = a_weekday_of_this_month(datetime.now(UTC).date())
     billable = redmine.custom_fields["time_entry:Billable"]

@@ -25,6 +25,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from billing.ledger import Ledger
 from billing.models import DraftState
 from tasks.approve import headline
+from tasks.reconcile import dashboard_key
 from tests.service_fixture import logs_until, run_deployment, wait_for
 
 pytestmark = pytest.mark.integration
@@ -178,6 +179,12 @@ def test_an_approver_decides_each_invoice_in_the_prefect_ui(
         browser.get(run_page)
         page.visible(f"//*[contains(@class, 'state-badge')][normalize-space()={text(ended)}]", seconds=120)
     page.shot(f"run-{ended.lower()}")
+    if ended == "Completed":
+        with page.step("see the run's artifacts in the UI"):  # what finance reads after the run
+            page.clickable("//li[contains(@class, 'p-tab')][normalize-space()='Artifacts']").click()
+            for key in (dashboard_key(PERIOD), f"invoices-{PERIOD.replace('-', '')}"):
+                page.visible(f"//*[normalize-space()={text(key)}]", seconds=60)
+        page.shot("run-artifacts")
     evidence = page.evidence()
     assert done["state"]["type"] == "COMPLETED", f"{done['state']}\n{evidence}; service logs: {home / 'service-logs'}"
 
