@@ -53,7 +53,7 @@ def cluster_directory(settings: Settings) -> Path:
     return ROOTS_CLUSTERS / hashlib.sha1(str(settings.home.resolve()).encode()).hexdigest()[:12]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -91,7 +91,7 @@ def prefect_database(settings: Settings, say: Callable[[str], None] = print) -> 
         link.symlink_to(data)
     if run(pg_ctl, "status", "-D", data).returncode == 0:  # left running by a service that was killed
         must(pg_ctl, "stop", "-D", data, "-m", "fast", "-w")
-    port = _free_port()
+    port = free_port()
     # TCP on 127.0.0.1 only, no Unix socket: a home's path can be longer than a socket's 107 bytes.
     options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=200"
     must(pg_ctl, "start", "-D", data, "-l", data / "server.log", "-w", "-t", "120", "-o", options)

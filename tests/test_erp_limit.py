@@ -176,26 +176,20 @@ def test_a_poster_waits_at_most_lock_wait_seconds_for_a_slot(no_limit: None, tmp
     assert not (tmp_path / "b" / "erp-files" / "2026-11").exists()  # nothing was posted
 
 
-def test_the_slot_of_a_killed_poster_is_given_back_at_once(no_limit: None, tmp_path: Path) -> None:
-    """kill -9 while holding the slot: Prefect would keep it until the lease expires, and a server without its
-    repossessor service (a temporary one) for ever. The next poster of the ledger gives it back."""
+def killed_poster(settings: Settings, script: str) -> None:
+    """Run ``script`` (which kills itself with SIGKILL) as a poster of ``settings``' home, into the files ERP."""
     from prefect.settings import PREFECT_API_URL
 
-    settings = home_with_an_approved_draft(tmp_path / "a", "2026-10", lock_wait_seconds=15)  # not an hour
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env |= {"PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONPATH": str(PROJECT_ROOT),
             "TICKET_TO_INVOICE_HOME": str(settings.home), "TICKET_TO_INVOICE_ERP": "files",
             "TICKET_TO_INVOICE_ERP_LIMIT": LIMIT}  # fmt: skip
-    killed = subprocess.run([sys.executable, "-c", (
-        "import os, signal\n"
-        "from billing.settings import load_settings\n"
-        "from tasks.post import erp_slot\n"
-        "with erp_slot(load_settings(), say=print):\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
-    )], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    killed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert limit_slots() == (1, 1)  # still held by the dead process
 
+
+def the_next_poster_gives_the_slot_back(settings: Settings) -> None:
     said: list[str] = []
     started = time.monotonic()
     receipts, failures = post_holding_erp_slot(settings, "2026-10", say=said.append)
@@ -206,19 +200,27 @@ def test_the_slot_of_a_killed_poster_is_given_back_at_once(no_limit: None, tmp_p
     assert Ledger(settings.resolved_ledger_url).abandoned_leases("prefect-slot:") == []
 
 
+def test_the_slot_of_a_killed_poster_is_given_back_at_once(no_limit: None, tmp_path: Path) -> None:
+    """kill -9 while holding the slot: Prefect would keep it until the lease expires, and a server without its
+    repossessor service (a temporary one) for ever. The next poster of the ledger gives it back."""
+    settings = home_with_an_approved_draft(tmp_path / "a", "2026-10", lock_wait_seconds=15)  # not an hour
+    killed_poster(settings, (
+        "import os, signal\n"
+        "from billing.settings import load_settings\n"
+        "from tasks.post import erp_slot\n"
+        "with erp_slot(load_settings(), say=print):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    ))  # fmt: skip
+    the_next_poster_gives_the_slot_back(settings)
+
+
 def test_a_poster_killed_before_noting_its_lease_id_leaves_a_record_the_slot_is_given_back_by(
     no_limit: None, tmp_path: Path
 ) -> None:
     """kill -9 after Prefect granted the slot but before the ledger noted the lease's id (a kill trial found this
     window): the record noted before asking names no lease, and the next poster gives one slot back."""
-    from prefect.settings import PREFECT_API_URL
-
     settings = home_with_an_approved_draft(tmp_path / "a", "2026-10", lock_wait_seconds=15)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env |= {"PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONPATH": str(PROJECT_ROOT),
-            "TICKET_TO_INVOICE_HOME": str(settings.home), "TICKET_TO_INVOICE_ERP": "files",
-            "TICKET_TO_INVOICE_ERP_LIMIT": LIMIT}  # fmt: skip
-    killed = subprocess.run([sys.executable, "-c", (
+    killed_poster(settings, (
         "import os, signal\n"
         "from billing.ledger.store import Ledger\n"
         "from billing.settings import load_settings\n"
@@ -231,20 +233,10 @@ def test_a_poster_killed_before_noting_its_lease_id_leaves_a_record_the_slot_is_
         "Ledger.lock = lock_or_die\n"
         "with erp_slot(load_settings(), say=print):\n"
         "    pass\n"
-    )], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    assert limit_slots() == (1, 1)
+    ))  # fmt: skip
     [asking] = Ledger(settings.resolved_ledger_url).abandoned_leases("prefect-slot:")
     assert asking.name.startswith(f"prefect-slot:{LIMIT}:asking-")
-
-    said: list[str] = []
-    started = time.monotonic()
-    receipts, failures = post_holding_erp_slot(settings, "2026-10", say=said.append)
-    assert time.monotonic() - started < 20
-    assert len(receipts) == 1 and failures == []
-    assert any(s.startswith("gave back the slot of erp:files that a posting into files (process ") for s in said)
-    assert limit_slots() == (1, 0)
-    assert Ledger(settings.resolved_ledger_url).abandoned_leases("prefect-slot:") == []
+    the_next_poster_gives_the_slot_back(settings)
 
 
 def test_without_a_prefect_server_the_ledger_lease_alone_serializes(
