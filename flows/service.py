@@ -12,6 +12,7 @@ another behind, and the worker gets the environment a production worker needs to
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
@@ -99,10 +100,18 @@ def described(database_url: str | None, settings: Settings) -> str:
     return re.sub(r"//([^:@/]+):[^@/]*@", r"//\1:***@", database_url)
 
 
-def _default_signals() -> None:
-    """A child of a background shell inherits SIGINT ignored; the worker turns SIGTERM into SIGINT, so it would
-    never stop."""
+# prctl(2), looked up here: loading a library in a child forked from threads could deadlock.
+_PRCTL = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:
+    """Runs in each part before it starts. SIGINT back to its default: a child of a background shell inherits
+    it ignored, and the worker turns SIGTERM into SIGINT, so it would never stop. SIGTERM when `serve` dies, even
+    by kill -9 (Linux): a part left running would keep its port, and the next `serve` could not start."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 @contextmanager
@@ -111,7 +120,7 @@ def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
     its whole process group."""
     with log.open("ab") as out:
         child = subprocess.Popen(args, env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                 start_new_session=True, preexec_fn=_default_signals)  # fmt: skip
+                                 start_new_session=True, preexec_fn=_child_setup)  # fmt: skip
     try:
         yield child
     finally:
