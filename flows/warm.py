@@ -19,6 +19,7 @@ The worker still owns each run: the starter is the process it watches and signal
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import os
 import signal
@@ -138,6 +139,9 @@ def _adopt(request: dict[str, Any], fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
+    # `kill -USR1 <pid>` writes every thread's stack to the run's output (the worker's log): a stuck run says
+    # what it waits for.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def _run_engine(argv: list[str]) -> None:

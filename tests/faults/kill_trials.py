@@ -172,9 +172,9 @@ class Zygote:
             child.done.set()
         return child
 
-    def kill(self, child: Child) -> bool:
-        """SIGKILL, sent by the zygote (the parent): False if the child had exited already."""
-        return bool(self._ask({"op": "kill", "pid": child.pid, "signal": int(signal.SIGKILL)})["sent"])
+    def kill(self, child: Child, sig: int = signal.SIGKILL) -> bool:
+        """``sig`` (SIGKILL), sent by the zygote (the parent): False if the child had exited already."""
+        return bool(self._ask({"op": "kill", "pid": child.pid, "signal": int(sig)})["sent"])
 
     def wait(self, child: Child, timeout: float) -> dict[str, Any] | None:
         return child.exit if child.done.wait(timeout) else None
@@ -543,6 +543,8 @@ class Series:
     def _finish(self, child: Child) -> dict[str, Any] | None:
         ended = self.zygote.wait(child, RUN_TIMEOUT)
         if ended is None:
+            self.zygote.kill(child, signal.SIGUSR1)  # its threads' stacks, into its stderr: where it hangs
+            time.sleep(2)
             self.zygote.kill(child)
             self.zygote.wait(child, 30)
         return ended
@@ -676,7 +678,7 @@ class Series:
     ) -> None:
         problems = result.problems
         if finished is None:
-            problems.append(f"the rerun did not finish in {RUN_TIMEOUT:.0f} s")
+            problems.append(f"the rerun did not finish in {RUN_TIMEOUT:.0f} s (its threads' stacks: rerun.err)")
             return
         errors = (folder / "rerun.err").read_text(errors="replace")
         if finished["exit_code"] != 0:

@@ -32,6 +32,7 @@ still running when it was reaped: a server it started that did not die with it).
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import os
 import select
@@ -115,6 +116,8 @@ def child(request: dict[str, Any], protocol: int) -> None:
         sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's own stream
         sys.stdout = open(1, "w", closefd=False, buffering=1)  # noqa: SIM115
         sys.stderr = open(2, "w", closefd=False, buffering=1)  # noqa: SIM115
+        # SIGUSR1 writes every thread's stack to stderr: what a run that never finishes was waiting for.
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
         for name, value in (request.get("env") or {}).items():
             if value is None:
                 os.environ.pop(name, None)
