@@ -82,9 +82,9 @@ def service_environment(settings: Settings, api_url: str) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_CLI_PROMPT": "false",
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
-        # A triggered run waits for the worker's next poll (Prefect's default: 10 s); twice a second is cheap on
+        # A triggered run waits for the worker's next poll (Prefect's default: 10 s); five times a second is cheap on
         # one worker and PostgreSQL.
-        "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "0.5"),
+        "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "0.2"),
         "TICKET_TO_INVOICE_HOME": str(settings.home),
         "TICKET_TO_INVOICE_PROJECT": str(PROJECT_ROOT),
         "TICKET_TO_INVOICE_RECEIVER_PORT": str(settings.receiver_port),
