@@ -26,6 +26,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -98,6 +99,13 @@ def popen_tied(args: Any, *, death_signal: int = signal.SIGTERM, **kwargs: Any) 
         raise TypeError("popen_tied sets preexec_fn itself")
     preexec = die_with_parent(death_signal)
     return _on_a_lasting_thread(lambda: subprocess.Popen(args, preexec_fn=preexec, **kwargs))  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a child server to listen on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 # -- processes by pid -------------------------------------------------------------------------------------------------

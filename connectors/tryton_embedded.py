@@ -18,7 +18,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from typing import IO, Any
 import httpx
 
 from billing.errors import ConfigurationError
-from billing.processes import forget_child, popen_tied, reap_orphans, record_child
+from billing.processes import forget_child, free_port, popen_tied, reap_orphans, record_child
 from connectors.tryton_rpc import TrytonRpc
 
 Progress = Callable[[str], None]
@@ -60,11 +59,6 @@ def _try_lock(handle: IO[str]) -> bool:
     except BlockingIOError:
         return False
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -309,7 +303,7 @@ class EmbeddedTryton:
         self.stop()
         self.reap_orphans()  # a trytond left by a killed run: on our port, or serving the same SQLite file
         started = time.monotonic()
-        port = self.port or _free_port()
+        port = self.port or free_port()
         self._write_config(port)
         self._progress(f"Tryton: starting the server on 127.0.0.1:{port}")
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRYTOND_") and k != "TRYTONPASSFILE"}

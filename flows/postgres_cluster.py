@@ -16,13 +16,13 @@ import glob
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from billing.errors import ConfigurationError
+from billing.processes import free_port
 from billing.settings import Settings
 
 ROOTS_CLUSTERS = Path("/var/lib/postgresql/ticket-to-invoice")
@@ -52,11 +52,6 @@ def cluster_directory(settings: Settings) -> Path:
         return settings.prefect_home / "postgresql"
     return ROOTS_CLUSTERS / hashlib.sha1(str(settings.home.resolve()).encode()).hexdigest()[:12]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

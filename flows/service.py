@@ -12,7 +12,6 @@ another behind, and the worker gets the environment a production worker needs to
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import httpx
 
+from billing.processes import die_with_parent
 from billing.settings import PROJECT_ROOT, Settings
 from flows.postgres_cluster import prefect_database
 
@@ -100,27 +100,23 @@ def described(database_url: str | None, settings: Settings) -> str:
     return re.sub(r"//([^:@/]+):[^@/]*@", r"//\1:***@", database_url)
 
 
-# prctl(2), looked up here: loading a library in a child forked from threads could deadlock.
-_PRCTL = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platform == "linux" else None
-_PR_SET_PDEATHSIG = 1
-
-
-def _child_setup() -> None:
+def _child_setup(death_signal: Callable[[], None] | None) -> None:
     """Runs in each part before it starts. SIGINT back to its default: a child of a background shell inherits
     it ignored, and the worker turns SIGTERM into SIGINT, so it would never stop. SIGTERM when `serve` dies, even
     by kill -9 (Linux): a part left running would keep its port, and the next `serve` could not start."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if death_signal is not None:
+        death_signal()
 
 
 @contextmanager
 def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A child in its own session (a worker started in the background ignores SIGINT otherwise), stopped with
     its whole process group."""
+    death_signal = die_with_parent()  # on serve's main thread, which lives as long as serve
     with log.open("ab") as out:
         child = subprocess.Popen(args, env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                 start_new_session=True, preexec_fn=_child_setup)  # fmt: skip
+                                 start_new_session=True, preexec_fn=lambda: _child_setup(death_signal))  # fmt: skip
     try:
         yield child
     finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from billing.processes import free_port
 from billing.settings import EXAMPLE_RULES, Settings
 from flows.postgres_cluster import cluster_directory
 
@@ -30,11 +30,6 @@ FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED", "PAUSED")
 WEBHOOK_SECRET = "webhook-secret"  # the generic source's, for signed deliveries to the receiver
 STARTED_BESIDE: list[subprocess.Popen[bytes]] = []  # processes a test started beside the service (a new worker)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

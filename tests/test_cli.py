@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from billing.processes import free_port
 from tests.conftest import SAMPLE
 
 BIN = Path(sys.executable).parent
@@ -67,17 +67,12 @@ def test_run_json_is_the_documented_object(demo_home: tuple[Path, dict[str, Any]
     assert all(q["source_id"] and q["reason"] for q in first["quarantined"])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def ui(demo_home: tuple[Path, dict[str, Any], dict[str, Any]]) -> Iterator[tuple[str, dict[str, str]]]:
     """`make ui`: a Prefect server over the Prefect home the CLI runs were kept in."""
     home = demo_home[0]
-    port = _free_port()
+    port = free_port()
     env = cli_env(home, PREFECT_HOME=str(home / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     server = subprocess.Popen(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],

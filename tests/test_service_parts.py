@@ -9,15 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from billing.processes import alive
 from billing.settings import PROJECT_ROOT
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie has stopped; only its exit status is left
 
 
 def test_a_part_stops_when_serve_is_killed_with_sigkill(tmp_path: Path) -> None:

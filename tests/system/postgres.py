@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from flows.postgres_cluster import free_port, postgres_program
+from billing.processes import free_port
+from flows.postgres_cluster import postgres_program
 
 
 @contextmanager

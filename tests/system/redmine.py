@@ -17,7 +17,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from billing.processes import free_port
 
 REDMINE_DIR = Path("/usr/share/redmine")
 SETUP_SCRIPT = Path(__file__).with_name("redmine-setup.sh")
@@ -167,11 +168,6 @@ def _copy_pristine(folder: Path) -> Path:
     return copy
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def _start_puma(port: int, log: Path, database: Path) -> subprocess.Popen[bytes]:
     env = {
@@ -249,7 +245,7 @@ def redmine_server(api_key: str = DEFAULT_API_KEY, startup_timeout: float = 120.
     log = workdir / "puma.log"
     database = _copy_pristine(workdir / "db")
     for _attempt in range(3):  # the free port can be taken before puma binds it
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         process = _start_puma(port, log, database)
         try:
