@@ -312,6 +312,9 @@ class WorkBatch:
     outside_period: int = 0  # rows that belong to another period and were left alone
     usage: pd.DataFrame = field(default_factory=empty_usage)  # usage records of the period (USAGE_COLUMNS)
     scope: Scope | None = None
+    # The source records the day of the work, not its time (Redmine's spent_on): ``started_at`` stands for that
+    # day, and the work counts as in the future only once the day is after today in the customer's timezone.
+    days_only: bool = False
 
     @property
     def customers_by_id(self) -> dict[str, Customer]:

@@ -4,7 +4,8 @@ and the write-back of invoice numbers once invoices are posted.
 Time entries cannot be filtered by update time, so extraction is a window, not a guess: every entry whose
 ``spent_on`` lies in the period and whose "Invoice number" custom field is still empty. Redmine records
 the day of the work, not the hour: an entry counts as done at noon of ``spent_on`` in the customer's
-timezone (weekend surcharges apply; after-hours ones cannot).
+timezone (weekend surcharges apply; after-hours ones cannot), and counts as in the future only when its day is
+after today there (the batch says ``days_only``), so time logged this morning is billed this morning.
 """
 
 from __future__ import annotations
@@ -270,7 +271,7 @@ class RedmineSource:
             "resolved_at": _utc([i.get("closed_on") for i in issues]),
         }, columns=list(TICKET_COLUMNS))  # fmt: skip
         return WorkBatch(source_system=SYSTEM, instance=self.instance, period=period, customers=customers,
-                         tickets=tickets, worklogs=worklogs, issues=empty_issues())  # fmt: skip
+                         tickets=tickets, worklogs=worklogs, issues=empty_issues(), days_only=True)  # fmt: skip
 
     def _canonical(self, frame: pd.DataFrame, period: str, zone_of: dict[str, str]) -> pd.DataFrame:
         # Noon of the day it was spent, in the customer's timezone: Redmine keeps no time of day.

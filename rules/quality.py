@@ -445,6 +445,18 @@ def _utc(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values, utc=True, errors="coerce")
 
 
+def _start_of_local_day(started: pd.Series, customers: pd.Series, zones: Mapping[str, str]) -> pd.Series:
+    """The first instant of each start's day in its customer's timezone (a customer without one keeps its start)."""
+    day_start = started.copy()
+    zone_of_row = customers.astype(object).map(zones)
+    for zone, rows in zone_of_row.groupby(zone_of_row).groups.items():
+        local_day = started.loc[rows].dt.tz_convert(str(zone)).dt.tz_localize(None).dt.normalize()
+        # A midnight that a DST change skips or repeats: the day begins at the next or the first one.
+        day_start.loc[rows] = local_day.dt.tz_localize(str(zone), nonexistent="shift_forward",
+                                                       ambiguous=np.ones(len(rows), dtype=bool)).dt.tz_convert("UTC")
+    return day_start
+
+
 # -- the entities -----------------------------------------------------------------------------------
 
 
@@ -458,15 +470,20 @@ def validate_worklogs(
     now: datetime,
     period: str | None = None,
     ticket_problems: dict[str, str] | None = None,
+    day_zones: Mapping[str, str] | None = None,
 ) -> Outcome:
     """Split work logs into valid rows and quarantined ones, each with every reason it failed.
 
-    ``period`` (default: the rows' own ``period``) sets the billing window the start must fall in."""
+    ``period`` (default: the rows' own ``period``) sets the billing window the start must fall in.
+    ``day_zones``: for a source that records only the day of the work, each customer's timezone; the suite then
+    judges the start of that day there (work logged today is not in the future, whatever time it is)."""
     frame = worklogs.reset_index(drop=True)
     period = period or (str(frame["period"].iloc[0]) if len(frame) and "period" in frame else None)
     start, end = billing_window(period) if period else (pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp(now))
     suite = load_suite("worklogs")
-    checked = frame.assign(started_at=_utc(frame["started_at"]))
+    started = _utc(frame["started_at"])
+    checked = frame.assign(started_at=started if day_zones is None else
+                           _start_of_local_day(started, frame["customer_id"], day_zones))  # fmt: skip
     run = run_suite(suite, checked, {
         "known_customers": known_customers, "known_services": known_services, "known_tickets": known_tickets,
         "now": pd.Timestamp(now), "window_start": start, "window_end": end,

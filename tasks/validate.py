@@ -75,6 +75,7 @@ def check_batch(batch: WorkBatch, rules: RuleSet, now: datetime | None = None) -
         now=now,
         period=batch.period,
         ticket_problems=ticket_problems,
+        day_zones={c.customer_id: c.timezone for c in batch.customers} if batch.days_only else None,
     )
     usage = validate_usage(batch.usage, usable, list(rules.usage), batch.period, now, customer_problems=problems)
     return Checked(customers=customers, tickets=tickets, worklogs=worklogs, usage=usage)

@@ -3,11 +3,12 @@
 and writes the invoice number back to Redmine; the same event again bills nothing, and the period's run leaves
 that work alone.
 
-The data is this module's own (two new projects, three issues, five time entries logged today's month), so the
+The data is this module's own (two new projects, three issues, five time entries logged today), so the
 amounts are computed by hand from rules/examples/demo.yaml: Redmine customers get the defaults (EUR, Europe/Berlin,
 Germany: 19 % VAT, half-even, tax once per invoice on quantity × unit price); the services' default rates
 (remote support 95.00, on-site support 120.00, consulting 150.00, project work 110.00 an hour); each entry rounded
-up to 15 minutes; an entry counts as done at noon of its day, so on a weekday no surcharge applies.
+up to 15 minutes; an entry counts as done at noon of its day (on a weekday no surcharge applies, on a weekend
+the weekend's 2.0), and time logged today is billed at any hour of today: at 00:30 as well as at 18:00.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -36,15 +37,30 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server")
 
 INSTANCE = "redmine-events"  # a stable instance name: keys and resource ids do not carry the test server's port
 
-# The resolved issue's billable work, by hand:
+# The resolved issue's billable work, by hand, on a weekday:
 #   Consulting      1.50 h (90 min, a whole number of quarter hours) × 150.00 = 225.00
 #   Remote support  0.33 h (1188 s = 19.8 min, rounded up to 30 min) 0.50 h × 95.00 = 47.50
 #   (On-site support 2.00 h marked not billable: nothing)
 #   untaxed 225.00 + 47.50 = 272.50; VAT 19 % of 272.50 = 51.775 → 51.78 (half-even: 5177.5 cents → 5178);
 #   gross 272.50 + 51.78 = 324.28
-RESOLVED_UNTAXED, RESOLVED_TAX, RESOLVED_GROSS = 27250, 5178, 32428
-# The open issue's work, left to the period's run: Remote support 1.00 h × 95.00 = 95.00; VAT 19 % = 18.05.
-OPEN_UNTAXED, OPEN_TAX = 9500, 1805
+# On a Saturday or Sunday every rate doubles: 1.5 h × 300.00 = 450.00, 0.5 h × 190.00 = 95.00; untaxed 545.00,
+#   VAT 19 % = 103.55 exactly, gross 648.55.
+# The open issue's work, left to the period's run: Remote support 1.00 h × 95.00 = 95.00, VAT 19 % = 18.05;
+#   on a weekend 1.00 h × 190.00 = 190.00, VAT 36.10.
+@dataclass(frozen=True)
+class Expected:
+    lines: list[tuple[Decimal, Decimal, int]]  # (hours, rate, amount in cents) of the resolved issue's invoice
+    untaxed: int
+    tax: int
+    gross: int
+    open_untaxed: int
+    open_tax: int
+
+
+WEEKDAY = Expected([(Decimal("0.5"), Decimal("95.00"), 4750), (Decimal("1.5"), Decimal("150.00"), 22500)],
+                   27250, 5178, 32428, 9500, 1805)  # fmt: skip
+WEEKEND = Expected([(Decimal("0.5"), Decimal("190.00"), 9500), (Decimal("1.5"), Decimal("300.00"), 45000)],
+                   54500, 10355, 64855, 19000, 3610)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -59,21 +75,13 @@ class Scenario:
     of_other: int
     period: str
     rules: Path
+    expected: Expected
 
 
 def _created(client: Any, path: str, body: dict[str, Any], key: str) -> int:
     response = client.post(path, json={key: body})
     assert response.status_code == 201, f"POST {path}: {response.status_code} {response.text}"
     return int(response.json()[key]["id"])
-
-
-def a_weekday_of_this_month(today: date) -> date:
-    """The latest weekday of today's month before today, else today, else the first after it. Not today when an
-    earlier one exists: Redmine entries count as done at noon of their day (connectors/redmine.py), and before
-    that noon the worklogs suite quarantines today's as in the future (see the session note of issue 11)."""
-    days = ([today - timedelta(days=n) for n in range(1, today.day)] + [today]
-            + [today + timedelta(days=n) for n in range(1, 7)])
-    return next(d for d in days if d.month == today.month and d.weekday() < 5)
 
 
 def not_at_a_months_turn(margin: timedelta = timedelta(minutes=5)) -> None:
@@ -91,7 +99,8 @@ def scenario(redmine: RedmineInstance, tmp_path_factory: pytest.TempPathFactory)
     bills only them and says the first one bills on resolution."""
     not_at_a_months_turn()
     tag = new_tag()
-    spent_on = a_weekday_of_this_month(datetime.now(UTC).date())
+    # Today in UTC: never after today in Berlin (the customers' timezone), whatever the hour.
+    spent_on = datetime.now(UTC).date()
     billable = redmine.custom_fields["time_entry:Billable"]
     with redmine.client() as client:
         trackers = [int(t["id"]) for t in client.get("/trackers.json").json()["trackers"]]
@@ -133,7 +142,8 @@ def scenario(redmine: RedmineInstance, tmp_path_factory: pytest.TempPathFactory)
     }))  # fmt: skip
     return Scenario(customer=customer, other=other, resolved=resolved, still_open=still_open, billed=billed,
                     not_billable=not_billable, on_open_issue=on_open_issue, of_other=of_other,
-                    period=f"{spent_on:%Y-%m}", rules=rules)  # fmt: skip
+                    period=f"{spent_on:%Y-%m}", rules=rules,
+                    expected=WEEKEND if spent_on.weekday() >= 5 else WEEKDAY)  # fmt: skip
 
 
 @pytest.fixture
@@ -203,12 +213,13 @@ def test_closing_a_redmine_issue_bills_its_work_once_and_numbers_it_back(
     assert billed_entries(posted) == scenario.billed  # not the non-billable entry, not the open issue's
     lines = sorted((Decimal(line["quantity"]), Decimal(line["unit_price"]), line["amount_minor"])
                    for line in posted["lines"])  # fmt: skip
-    assert lines == [(Decimal("0.5"), Decimal("95.00"), 4750), (Decimal("1.5"), Decimal("150.00"), 22500)]
+    expected = scenario.expected
+    assert lines == expected.lines
     amounts = (posted["untaxed_minor"], posted["tax"]["amount_minor"], posted["gross_minor"])
-    assert amounts == (RESOLVED_UNTAXED, RESOLVED_TAX, RESOLVED_GROSS)
+    assert amounts == (expected.untaxed, expected.tax, expected.gross)
     [invoice] = first["invoices"]
     assert invoice["key"] == posted["external_reference"] and invoice["erp_number"] == posted["number"]
-    assert invoice["gross_minor"] == RESOLVED_GROSS
+    assert invoice["gross_minor"] == expected.gross
     assert first["new_postings"] == 1 and first["posting_failures"] == []
 
     # The invoice number is in Redmine: on the billed time entries and on the issue (field and note).
@@ -242,7 +253,7 @@ def test_closing_a_redmine_issue_bills_its_work_once_and_numbers_it_back(
     ours = [d for d in after if d["customer"]["id"] == scenario.customer]
     assert [billed_entries(d) for d in ours if d != posted] == [{scenario.on_open_issue}]
     [rest] = [d for d in ours if d != posted]
-    assert (rest["untaxed_minor"], rest["tax"]["amount_minor"]) == (OPEN_UNTAXED, OPEN_TAX)
+    assert (rest["untaxed_minor"], rest["tax"]["amount_minor"]) == (expected.open_untaxed, expected.open_tax)
     on_invoices = [e for d in after for e in billed_entries(d)]
     assert all(on_invoices.count(e) == 1 for e in scenario.billed)  # each on exactly one invoice
     assert invoice_number_of_entry(redmine, scenario.on_open_issue) == rest["number"]

@@ -71,6 +71,38 @@ def test_every_failed_check_of_a_row_is_named_and_future_dates_fail() -> None:
     assert outcome.failed_per_check["started_at is in the future"] == 1
 
 
+def test_a_source_of_days_only_counts_todays_work_as_done_at_any_hour_of_today() -> None:
+    """Redmine keeps the day of the work, stood for by noon there: at 00:30 in Berlin (23:30 UTC the day before)
+    today's entries are billable, tomorrow's are still in the future; a timestamped source judges the instant."""
+    batch = FileDropSource(SAMPLE).extract()
+    frame = batch.worklogs.head(4).copy()
+    customer = str(frame.loc[0, "customer_id"])
+    frame["customer_id"] = frame["customer_id"].astype(object)
+    frame.loc[:, "customer_id"] = customer
+    noon = [pd.Timestamp(f"2026-12-{day} 12:00", tz="Europe/Berlin").tz_convert("UTC") for day in ("01", "01", "02")]
+    frame.loc[0:2, "started_at"] = noon
+    # A day whose midnight Chile's DST skips (clocks go from 00:00 to 01:00 on 2026-09-06): it begins at 01:00.
+    frame.loc[3, "started_at"] = pd.Timestamp("2026-09-06 12:00", tz="America/Santiago").tz_convert("UTC")
+    frame.loc[3, "customer_id"] = "CHILE"
+    now = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)  # 00:30 on 1 December in Berlin
+
+    def quarantined(day_zones: dict[str, str] | None, at: datetime, period: str) -> dict[str, str]:
+        outcome = validate_worklogs(frame, batch.issues, [customer, "CHILE"], {}, list(frame["service_type"].unique()),
+                                    frame["ticket_id"].dropna().tolist(), now=at, period=period, day_zones=day_zones)
+        return dict(zip(outcome.quarantined["source_id"], outcome.quarantined["reason"], strict=True))
+
+    ids = frame["source_id"].tolist()
+    zones = {customer: "Europe/Berlin", "CHILE": "America/Santiago"}
+    as_days = quarantined(zones, now, "2026-12")
+    assert set(as_days) == {ids[2], ids[3]}  # tomorrow's; and Chile's September is outside December
+    assert as_days[ids[2]].startswith("started_at is in the future: started_at='2026-12-02T11:00:00+00:00'")
+    as_instants = quarantined(None, now, "2026-12")
+    assert {ids[0], ids[1], ids[2]} <= set(as_instants)  # noon has not come: all "in the future"
+    # Chile's 6 September begins at 01:00 -03 (04:00 UTC): 04:30 UTC is that day, 03:30 UTC still the 5th.
+    assert ids[3] not in quarantined(zones, datetime(2026, 9, 6, 4, 30, tzinfo=UTC), "2026-09")
+    assert ids[3] in quarantined(zones, datetime(2026, 9, 6, 3, 30, tzinfo=UTC), "2026-09")
+
+
 # -- the suites as files -------------------------------------------------------------------------------
 
 
