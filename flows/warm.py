@@ -107,16 +107,17 @@ def warm_up() -> None:
     from datetime import UTC, datetime
     from pathlib import Path
 
-    import prefect.concurrency.services  # noqa: F401
-    import prefect.concurrency.sync  # noqa: F401
-    import prefect.deployments.steps  # noqa: F401  (the deployment's pull step)
-    import prefect.flow_engine  # noqa: F401
-    import prefect.task_engine  # noqa: F401
+    import prefect.concurrency.services
+    import prefect.concurrency.sync
+    import prefect.deployments.steps  # the deployment's pull step
+    import prefect.flow_engine
+    import prefect.task_engine
     import prefect.utilities.visualization  # noqa: F401  (a flow call imports it, and graphviz with it)
     import tqdm
 
     import flows.bill_on_event
     import flows.ticket_to_invoice
+    from billing.ledger.store import head_revision
     from billing.settings import EXAMPLE_RULES, SAMPLE_EXPORT, Settings
     from connectors.http import default_tls
     from rules.schema import load_rules
@@ -124,6 +125,7 @@ def warm_up() -> None:
 
     tqdm.tqdm.monitor_interval = 0  # no monitor thread for GX's progress bars (see the fork below)
     default_tls()  # the CA bundle, loaded once for every run's clients
+    head_revision()  # the ledger's migrations, read once: a run only compares its ledger's version
     with tempfile.TemporaryDirectory(prefix="t2i-warm-up-") as scratch:
         settings = Settings(home=Path(scratch), input_dir=SAMPLE_EXPORT, rules_file=EXAMPLE_RULES)
         batch = flows.bill_on_event.make_source(settings).extract(None)
