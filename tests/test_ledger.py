@@ -171,3 +171,42 @@ def test_billed_is_final_whatever_a_slower_run_does_later(ledger: Ledger) -> Non
     assert states == {"A": WorkState.POSTED, "B": WorkState.PRICED}
     assert ledger.draft_states([first.key]) == {first.key: DraftState.POSTED}
 
+
+
+def test_approving_and_posting_many_drafts_updates_their_work_items_by_index_in_a_few_statements(
+    ledger: Ledger,
+) -> None:
+    """Sixty drafts: the work items are updated per chunk of drafts, not per draft, and SQLite finds them
+    through the index on ``work_items.line_id`` (without it, each statement scanned the whole table)."""
+    from sqlalchemy import event
+
+    ids = [f"W{n:03d}" for n in range(60)]
+    ledger.register(items(*((sid, "h") for sid in ids)), actor="t")
+    drafts = [draft(sid).model_copy(update={"customer_id": f"C-{sid}"}) for sid in ids]  # one invoice each
+    ledger.save_drafts("2026-10", drafts, actor="t")
+    statements: list[tuple[str, object]] = []
+
+    def capture(_conn, _cursor, statement, parameters, _context, _executemany) -> None:  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("UPDATE WORK_ITEMS"):
+            statements.append((statement, parameters))
+
+    event.listen(ledger.engine, "before_cursor_execute", capture)
+    try:
+        ledger.record_decisions([ApprovalDecision(draft_key=d.key, approved=n % 3 != 0, approver="ann",
+                                                  decided_at=datetime.now(UTC)) for n, d in enumerate(drafts)])
+        decided = len(statements)
+        ledger.record_postings([PostingReceipt(draft_key=d.key, erp="files", erp_id=f"INV-{n}", erp_number=f"INV-{n}",
+                                               total_minor=d.total_minor, currency="EUR", posted_at=datetime.now(UTC))
+                                for n, d in enumerate(drafts) if n % 3 != 0], actor="test")  # fmt: skip
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", capture)
+    assert decided == 2 and len(statements) == 3  # approved and rejected; then the posted
+    with ledger.engine.connect() as connection:
+        for statement, parameters in statements if ledger.engine.dialect.name == "sqlite" else ():
+            plan = " | ".join(row[-1] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement,
+                                                                             parameters))  # type: ignore[arg-type]
+            assert "SCAN work_items" not in plan and "ix_work_items_line_id" in plan, plan
+    states = dict(pd.read_sql("SELECT source_id, state FROM work_items", ledger.engine).itertuples(index=False))
+    assert {sid for sid, state in states.items() if state == WorkState.POSTED.value} == \
+        {sid for n, sid in enumerate(ids) if n % 3 != 0}  # fmt: skip
+    assert {sid for sid, state in states.items() if state == WorkState.DRAFTED.value} == set(ids[::3])

@@ -62,7 +62,7 @@ class WorkItem(Base):
     billed_hash: Mapped[str | None] = mapped_column(String(32))  # content when it was posted
     reason: Mapped[str | None] = mapped_column(Text)  # quarantine reasons or the non-billable rule
     details: Mapped[dict[str, Any] | None]
-    line_id: Mapped[int | None] = mapped_column(ForeignKey("invoice_lines.id", ondelete="SET NULL"))
+    line_id: Mapped[int | None] = mapped_column(ForeignKey("invoice_lines.id", ondelete="SET NULL"), index=True)
     ticket_id: Mapped[str | None] = mapped_column(String(200))
     written_back_at: Mapped[datetime | None]  # the invoice number is in the source system
     write_back_error: Mapped[str | None] = mapped_column(Text)

@@ -68,6 +68,11 @@ def _unbilled_only(statement: Update) -> Update:
     )
 
 
+def _line_ids_of(draft_keys: Sequence[str]) -> Any:
+    """The invoice lines of these drafts, as a subquery (``work_items.line_id`` is indexed for it)."""
+    return select(InvoiceLineRow.id).where(InvoiceLineRow.draft_key.in_(draft_keys))
+
+
 def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
@@ -528,32 +533,32 @@ class Ledger:
     # -- approvals and postings --------------------------------------------------------------------
 
     def record_decisions(self, decisions: Sequence[ApprovalDecision], flow_run_id: str | None = None) -> None:
+        """Every decision is kept; a draft decided twice in one call ends as the last one says. Statements per
+        chunk of drafts, not per draft (each work-item update reads ``invoice_lines`` by draft key)."""
+        final = {d.draft_key: d for d in decisions}  # the last decision of each draft
         with self.session() as session:
-            for d in decisions:
-                decision = DraftState.APPROVED if d.approved else DraftState.REJECTED
-                session.add(
-                    Approval(
-                        draft_key=d.draft_key,
-                        approver=d.approver,
-                        decision=decision.value,
-                        note=d.note,
-                        decided_at=d.decided_at,
-                        flow_run_id=flow_run_id,
+            if decisions:
+                session.execute(insert(Approval), [
+                    {"draft_key": d.draft_key, "approver": d.approver,
+                     "decision": (DraftState.APPROVED if d.approved else DraftState.REJECTED).value,
+                     "note": d.note, "decided_at": d.decided_at, "flow_run_id": flow_run_id}
+                    for d in decisions
+                ])  # fmt: skip
+            for approved in (True, False):
+                keys = [key for key, d in final.items() if d.approved is approved]
+                decision = DraftState.APPROVED if approved else DraftState.REJECTED
+                item_state = WorkState.APPROVED if approved else WorkState.DRAFTED
+                for chunk in _chunks(keys):
+                    session.execute(
+                        update(InvoiceDraftRow)
+                        .where(InvoiceDraftRow.key.in_(chunk), InvoiceDraftRow.state != DraftState.POSTED.value)
+                        .values(state=decision.value)
                     )
-                )
-                session.execute(
-                    update(InvoiceDraftRow)
-                    .where(InvoiceDraftRow.key == d.draft_key, InvoiceDraftRow.state != DraftState.POSTED.value)
-                    .values(state=decision.value)
-                )
-                item_state = WorkState.APPROVED if d.approved else WorkState.DRAFTED
-                session.execute(
-                    _unbilled_only(update(WorkItem))
-                    .where(
-                        WorkItem.line_id.in_(select(InvoiceLineRow.id).where(InvoiceLineRow.draft_key == d.draft_key))
+                    session.execute(
+                        _unbilled_only(update(WorkItem))
+                        .where(WorkItem.line_id.in_(_line_ids_of(chunk)))
+                        .values(state=item_state.value, updated_at=utcnow())
                     )
-                    .values(state=item_state.value, updated_at=utcnow())
-                )
             self._audit(
                 session,
                 ", ".join(sorted({d.approver for d in decisions})) or "nobody",
@@ -577,33 +582,28 @@ class Ledger:
         return latest
 
     def record_postings(self, receipts: Sequence[PostingReceipt], actor: str) -> None:
+        """A posting row per draft (the first receipt of a draft counts; one recorded earlier stays), the drafts
+        and their work items posted: statements per chunk of drafts, not per draft."""
+        first = {}
+        for r in receipts:
+            first.setdefault(r.draft_key, r)
         with self.session() as session:
-            for r in receipts:
-                already = session.scalar(select(Posting.id).where(Posting.draft_key == r.draft_key))
-                if already is None:
-                    session.add(
-                        Posting(
-                            draft_key=r.draft_key,
-                            erp=r.erp,
-                            erp_id=r.erp_id,
-                            erp_number=r.erp_number,
-                            total_minor=r.total_minor,
-                            tax_minor=r.tax_minor,
-                            gross_minor=r.gross_minor,
-                            currency=r.currency,
-                            posted_at=r.posted_at,
-                        )
-                    )
+            for chunk in _chunks(list(first)):
+                recorded = set(session.scalars(select(Posting.draft_key).where(Posting.draft_key.in_(chunk))))
+                new = [first[key] for key in chunk if key not in recorded]
+                if new:
+                    session.execute(insert(Posting), [
+                        {"draft_key": r.draft_key, "erp": r.erp, "erp_id": r.erp_id, "erp_number": r.erp_number,
+                         "total_minor": r.total_minor, "tax_minor": r.tax_minor, "gross_minor": r.gross_minor,
+                         "currency": r.currency, "posted_at": r.posted_at}
+                        for r in new
+                    ])  # fmt: skip
                 session.execute(
-                    update(InvoiceDraftRow)
-                    .where(InvoiceDraftRow.key == r.draft_key)
-                    .values(state=DraftState.POSTED.value)
+                    update(InvoiceDraftRow).where(InvoiceDraftRow.key.in_(chunk)).values(state=DraftState.POSTED.value)
                 )
                 session.execute(
                     update(WorkItem)
-                    .where(
-                        WorkItem.line_id.in_(select(InvoiceLineRow.id).where(InvoiceLineRow.draft_key == r.draft_key))
-                    )
+                    .where(WorkItem.line_id.in_(_line_ids_of(chunk)))
                     .values(state=WorkState.POSTED.value, billed_hash=WorkItem.content_hash, updated_at=utcnow())
                 )
             self._audit(
