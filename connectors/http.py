@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -133,15 +132,9 @@ def retrying(attempts: int = 5, initial: float = 0.5, maximum: float = 30.0,
 
 @functools.cache
 def default_tls() -> ssl.SSLContext:
-    """The TLS context httpx would build (certifi's CA bundle, or SSL_CERT_FILE / SSL_CERT_DIR), built once per
+    """httpx's own default TLS context (certifi's CA bundle, or SSL_CERT_FILE / SSL_CERT_DIR), built once per
     process: loading the bundle costs ~25 ms, and a run opens a client per stage and system."""
-    import certifi
-
-    if os.environ.get("SSL_CERT_FILE"):
-        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
-    if os.environ.get("SSL_CERT_DIR"):
-        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
-    return ssl.create_default_context(cafile=certifi.where())
+    return httpx.create_ssl_context()
 
 
 def make_client(base_url: str, timeout: float = 30.0, **kwargs: Any) -> httpx.Client:

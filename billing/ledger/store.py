@@ -584,7 +584,7 @@ class Ledger:
     def record_postings(self, receipts: Sequence[PostingReceipt], actor: str) -> None:
         """A posting row per draft (the first receipt of a draft counts; one recorded earlier stays), the drafts
         and their work items posted: statements per chunk of drafts, not per draft."""
-        first = {}
+        first: dict[str, PostingReceipt] = {}
         for r in receipts:
             first.setdefault(r.draft_key, r)
         with self.session() as session:
