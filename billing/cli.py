@@ -211,7 +211,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
             inv["erp_number"] or "—",
             inv["customer_name"] or inv["customer"],
             inv["status"],
-            str(len(inv["lines"])),
+            str(inv["line_count"]),
             format_money(inv["total_minor"], inv["currency"]),
             format_money(inv["tax_minor"], inv["currency"]),
             format_money(inv["gross_minor"], inv["currency"]),

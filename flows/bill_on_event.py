@@ -13,11 +13,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import pandas as pd
 from prefect import State, flow, get_run_logger
 from prefect.states import Failed
 
 from billing.errors import ConfigurationError, UserFacingError
-from billing.models import InvoiceDraft, PostingFailure, PostingReceipt
+from billing.models import PostingFailure, PostingReceipt
 from billing.settings import load_settings
 from flows.run_state import PostingsFailed, label_run, refused
 from flows.ticket_to_invoice import one_run_at_a_time, preflight
@@ -130,7 +131,7 @@ def billed_at_period_end(customer: str, ticket: str) -> dict[str, Any]:
     return {"customer": customer, "ticket": ticket, "bill_on": "period_end", "new_postings": 0, "invoices": []}
 
 
-def event_summary(period: str, customer: str, tickets: tuple[str, ...], drafts: list[InvoiceDraft],
+def event_summary(period: str, customer: str, tickets: tuple[str, ...], drafts: pd.DataFrame,
                   receipts: list[PostingReceipt], failures: list[PostingFailure]) -> dict[str, Any]:  # fmt: skip
     """What the run billed: this customer's invoices of the run (others it posted are counted, not listed)."""
     numbers = {r.draft_key: r.erp_number for r in receipts}
@@ -143,11 +144,11 @@ def event_summary(period: str, customer: str, tickets: tuple[str, ...], drafts: 
                 "key": d.key,
                 "customer": d.customer_id,
                 "customer_name": d.customer_name,
-                "gross_minor": d.gross_minor,
+                "gross_minor": int(d.gross_minor),
                 "currency": d.currency,
                 "erp_number": numbers.get(d.key),
             }
-            for d in drafts
+            for d in drafts.itertuples()
         ],
         "new_postings": sum(not r.already_existed for r in receipts),
         "posting_failures": [f.model_dump() for f in failures],

@@ -102,19 +102,39 @@ def review_flags(
     return flags
 
 
-def review(ledger: Ledger, drafts: Sequence[InvoiceDraft], settings: ReviewRules) -> dict[str, list[ReviewFlag]]:
-    """``review_flags`` with the customers' history read from the ledger (three queries for all drafts)."""
-    if not settings.enabled or not drafts:
-        return {d.key: [] for d in drafts}
-    periods = sorted({d.period for d in drafts})
+def review(
+    ledger: Ledger, drafts: Sequence[InvoiceDraft] | pd.DataFrame, settings: ReviewRules
+) -> dict[str, list[ReviewFlag]]:
+    """``review_flags`` with the customers' history read from the ledger (three queries for all drafts).
+
+    ``drafts``: the drafts, or their headers (``Ledger.draft_headers``); the lines of headers are read only
+    when a check needs them (a customer with history, or ``unusual_rules``), so a period of first invoices
+    is reviewed without reading its lines."""
+    headers = drafts if isinstance(drafts, pd.DataFrame) else None
+    keys = list(headers["key"]) if headers is not None else [d.key for d in drafts]  # type: ignore[union-attr]
+    if not settings.enabled or not keys:
+        return {key: [] for key in keys}
+    if headers is not None:
+        periods, customers = sorted(set(headers["period"])), set(headers["customer_id"])
+    else:
+        periods = sorted({d.period for d in drafts})  # type: ignore[union-attr]
+        customers = {d.customer_id for d in drafts}  # type: ignore[union-attr]
     through = shift_period(periods[-1], 1)  # the drafts' own periods included: what is already posted for them
     first = shift_period(periods[0], -settings.trailing_months)
     year, month = map(int, first.split("-"))
     end_year, end_month = map(int, through.split("-"))
     months = (end_year - year) * 12 + end_month - month
-    customers = {d.customer_id for d in drafts}
     history = customer_history(ledger, customers, through, months)
-    return review_flags(drafts, history, services_billed(ledger, customers, through), settings)
+    services = services_billed(ledger, customers, through)
+    if headers is not None:
+        lines_matter = (bool(settings.unusual_rules) or (bool(settings.metrics) and not history.empty)
+                        or (settings.new_services and not customers.isdisjoint(services)))  # fmt: skip
+        if not lines_matter:  # only the first-invoice check can flag these drafts
+            return {key: [ReviewFlag("first_invoice", "first invoice for this customer")]
+                    if settings.first_invoice and customer not in services else []
+                    for key, customer in zip(headers["key"], headers["customer_id"], strict=True)}  # fmt: skip
+        drafts = ledger.drafts(keys=keys)
+    return review_flags(drafts, history, services, settings)  # type: ignore[arg-type]
 
 
 def explain(flags: Sequence[ReviewFlag]) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import re
 from datetime import date
 from decimal import Decimal
@@ -10,7 +12,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from billing.errors import InputError
 from billing.money import Rounding, is_currency
@@ -452,6 +463,16 @@ class RuleSet(Strict):
     customers: dict[str, CustomerSpec] = Field(default_factory=dict)
     customer_defaults: CustomerDefaults = CustomerDefaults()
     redmine: RedmineMapping = RedmineMapping()
+    _content_hash: str = PrivateAttr(default="")
+
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 of the merged rules (the file and the bases it extends), recorded on every draft priced by
+        them: which rules made an amount, even after the file changed."""
+        if not self._content_hash:
+            canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+            self._content_hash = hashlib.sha256(canonical.encode()).hexdigest()
+        return self._content_hash
 
     def bill_on(self, customer_id: str) -> BillOn:
         """When the customer's work is invoiced (``customers.<id>.bill_on``, else ``customer_defaults``)."""
@@ -587,9 +608,32 @@ def _load_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, di
     return [*_load_layers((path.parent / base), (*seen, path.resolve())), (path, data, node)]
 
 
+_LOADED: dict[Path, tuple[tuple[tuple[Path, bytes], ...], RuleSet]] = {}
+
+
 def load_rules(path: Path | str) -> RuleSet:
-    """A rule set from YAML, with the bases it ``extends`` merged underneath; errors name file, line and path."""
-    layers = _load_layers(Path(path))
+    """A rule set from YAML, with the bases it ``extends`` merged underneath; errors name file, line and path.
+
+    Parsed once per process while its files say the same (every stage of a run asks for it): the files are
+    read again each time, and parsed again only when one of them changed."""
+    path = Path(path)
+    known = _LOADED.get(path.resolve())
+    if known is not None and all(_digest(file) == digest for file, digest in known[0]):
+        return known[1]
+    layers = _load_layers(path)
+    rules = _validated(layers)
+    _LOADED[path.resolve()] = (tuple((file, _digest(file)) for file, _, _ in layers), rules)
+    return rules
+
+
+def _digest(file: Path) -> bytes:
+    try:
+        return hashlib.sha256(file.read_bytes()).digest()
+    except OSError:
+        return b""
+
+
+def _validated(layers: list[tuple[Path, dict[str, Any], yaml.Node]]) -> RuleSet:
     data: dict[str, Any] = {}
     for _, layer, _ in layers:
         data = merge(data, layer)

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import pandas as pd
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
@@ -60,7 +61,7 @@ class Held:
 
 
 def split_by_policy(
-    settings: Settings, drafts: Sequence[InvoiceDraft], now: datetime | None = None
+    settings: Settings, draft_keys: Iterable[str], now: datetime | None = None
 ) -> tuple[list[ApprovalDecision], list[Held]]:
     """Decisions the policy takes by itself, and the drafts held for a human with the reasons.
 
@@ -68,36 +69,37 @@ def split_by_policy(
     only when its total is below the rules' ``approval.auto_approve_below`` for its currency. Either way, a
     draft the review queue flags (``approval.review``: unusual against the customer's history, a first
     invoice, a new service, an unusual rule) is held for a human. Drafts already decided (approved, rejected,
-    or posted) in the ledger are left as they are.
+    or posted) in the ledger are left as they are. The drafts are read from the ledger by key: their totals,
+    and their lines only where the review needs them or a human is asked.
     """
     now = now or datetime.now(UTC)
     ledger = Ledger(settings.resolved_ledger_url)
-    states = ledger.draft_states(d.key for d in drafts)
-    undecided = [d for d in drafts if states.get(d.key) == DraftState.DRAFTED]
+    headers = ledger.draft_headers(keys=draft_keys)
+    undecided = headers[headers["state"] == DraftState.DRAFTED.value]
     approval = load_rules(settings.rules_file).approval
     flags = review(ledger, undecided, approval.review)
     auto: list[ApprovalDecision] = []
-    held: list[Held] = []
-    for draft in undecided:
+    held: dict[str, tuple[str, ...]] = {}
+    for draft in undecided.itertuples():
         reasons = [flag.message for flag in flags[draft.key]]
         limit = approval.auto_approve_below.get(draft.currency)
+        total = format_money(draft.total_minor, draft.currency)
         if settings.approve == "auto":
             why_approved = "approved automatically (--approve auto)"
         elif limit is not None and draft.total_minor < to_minor(limit, draft.currency):
-            why_approved = f"total {format_money(draft.total_minor, draft.currency)} is below {limit} {draft.currency}"
+            why_approved = f"total {total} is below {limit} {draft.currency}"
         else:
             why_approved = ""
-            total = format_money(draft.total_minor, draft.currency)
             reasons.insert(0, f"total {total} is at or above the auto-approval threshold of {limit} {draft.currency}"
                            if limit is not None else f"no auto-approval threshold for {draft.currency} "
                            "(approval.auto_approve_below)")  # fmt: skip
         if reasons:
-            held.append(Held(draft, tuple(reasons)))
+            held[draft.key] = tuple(reasons)
         else:
             approver = f"{POLICY}:auto" if settings.approve == "auto" else f"{POLICY}:threshold"
             auto.append(ApprovalDecision(draft_key=draft.key, approved=True, approver=approver, note=why_approved,
                                          decided_at=now))  # fmt: skip
-    return auto, held
+    return auto, [Held(d, held[d.key]) for d in ledger.drafts(keys=held)] if held else []
 
 
 def record(settings: Settings, decisions: Sequence[ApprovalDecision]) -> None:
@@ -225,7 +227,8 @@ def ask_a_human(settings: Settings, held: Sequence[Held]) -> list[ApprovalDecisi
     if answer is None:
         logger.warning("nobody decided within the timeout: %d draft(s) stay pending approval", len(drafts))
         return []
-    current = {d.key: document_hash(d) for d in Ledger(settings.resolved_ledger_url).drafts(drafts[0].period)}
+    headers = Ledger(settings.resolved_ledger_url).draft_headers(keys=[d.key for d in drafts])
+    current = dict(zip(headers["key"], headers["content_hash"], strict=True))
     decisions = decisions_of(answer, drafts, datetime.now(UTC))
     stale = [d.draft_key for d in decisions if current.get(d.draft_key) != document_hash(_by_key(drafts, d))]
     if stale:
@@ -242,9 +245,10 @@ def _by_key(drafts: Sequence[InvoiceDraft], decision: ApprovalDecision) -> Invoi
     return next(d for d in drafts if d.key == decision.draft_key)
 
 
-def decide_by_policy(settings: Settings, drafts: list[InvoiceDraft]) -> list[Held]:
-    """Record the policy's own decisions; return the drafts held for a human, with the reasons."""
-    auto, human = split_by_policy(settings, drafts)
+def decide_by_policy(settings: Settings, drafts: pd.DataFrame) -> list[Held]:
+    """Record the policy's own decisions on the drafts (their headers, as the draft stage returns them);
+    return the drafts held for a human, with the reasons."""
+    auto, human = split_by_policy(settings, drafts["key"])
     record(settings, auto)
     return human
 

@@ -34,7 +34,13 @@ class LedgerView(Protocol):
 
     def posted_versions(self, period: str) -> dict[tuple[str, str, str], int]: ...
 
-    def drafts(self, period: str | None = None, states: Iterable[DraftState] | None = None) -> list[InvoiceDraft]: ...
+    def drafts(
+        self,
+        period: str | None = None,
+        states: Iterable[DraftState] | None = None,
+        keys: Iterable[str] | None = None,
+        customers: Iterable[str] | None = None,
+    ) -> list[InvoiceDraft]: ...
 
 
 class NoLedger:
@@ -46,7 +52,13 @@ class NoLedger:
     def posted_versions(self, period: str) -> dict[tuple[str, str, str], int]:
         return {}
 
-    def drafts(self, period: str | None = None, states: Iterable[DraftState] | None = None) -> list[InvoiceDraft]:
+    def drafts(
+        self,
+        period: str | None = None,
+        states: Iterable[DraftState] | None = None,
+        keys: Iterable[str] | None = None,
+        customers: Iterable[str] | None = None,
+    ) -> list[InvoiceDraft]:
         return []
 
 
@@ -159,20 +171,33 @@ def milestones_of_earlier_periods(batch: WorkBatch, rules: RuleSet, ledger: Ledg
             for row in unbilled.itertuples()]  # fmt: skip
 
 
-def build_drafts(settings: Settings, batch: WorkBatch, lines: pd.DataFrame) -> list[InvoiceDraft]:
-    """Group charge lines into drafts and make them the period's unposted drafts in the ledger."""
+def build_drafts(settings: Settings, batch: WorkBatch, lines: pd.DataFrame) -> pd.DataFrame:
+    """Group charge lines into drafts and make them the period's unposted drafts in the ledger. Returns the
+    drafts' headers as the ledger holds them (``DRAFT_HEADER_COLUMNS``: totals and state, no lines): what the
+    later stages are handed, so Prefect never walks a period's lines."""
     ledger = Ledger(settings.resolved_ledger_url)
-    drafts = plan_drafts(batch, lines, load_rules(settings.rules_file), ledger)
+    rules = load_rules(settings.rules_file)
+    drafts = plan_drafts(batch, lines, rules, ledger)
     scoped = {batch.scope.customer_id} if batch.scope else None  # an event run leaves other customers' drafts be
-    ledger.save_drafts(batch.period, drafts, actor="draft", customers=scoped)
-    return drafts
+    ledger.save_drafts(batch.period, drafts, actor="draft", customers=scoped, rules_hash=rules.content_hash)
+    return ledger.draft_headers(keys=[d.key for d in drafts])
 
 
 def plan_drafts(batch: WorkBatch, lines: pd.DataFrame, rules: RuleSet, ledger: LedgerView) -> list[InvoiceDraft]:
     """The drafts the lines make, numbered after the period's posted versions, with caps and prepaid hours
-    looking back on the invoices posted so far."""
-    history = ledger.drafts(states=[DraftState.POSTED])
+    looking back on the invoices posted so far (of the customers they apply to: no history is read for rules
+    without caps and prepaid hours)."""
+    looking_back = customers_looking_back(rules, set(lines["customer_id"]) if len(lines) else set())
+    history = ledger.drafts(states=[DraftState.POSTED], customers=looking_back) if looking_back else []
     return group_drafts(batch, lines, rules, ledger.posted_versions(batch.period), history)
+
+
+def customers_looking_back(rules: RuleSet, customers: set[str]) -> set[str]:
+    """Which of these customers' posted invoices drafting must read: those a cap or a prepaid block applies to."""
+    if any(cap.customer is None for cap in rules.caps):
+        return customers
+    named = {cap.customer for cap in rules.caps} | {a.customer for a in rules.agreements if a.prepaid is not None}
+    return customers & named
 
 
 def group_drafts(
@@ -310,12 +335,16 @@ def _priced(lines: pd.DataFrame) -> str:
     return f"{plural(len(lines), 'charge line')} to bill, {amounts} before adjustments and tax"
 
 
-def _drafted(drafts: list[InvoiceDraft]) -> str:
-    if not drafts:
+def _drafted(drafts: pd.DataFrame, listed: int = 20) -> str:
+    if drafts.empty:
         return "no invoice drafts: nothing new to bill"
     each = "; ".join(f"{d.customer_name or d.customer_id} {format_money(d.gross_minor, d.currency)} "
-                     f"({plural(len(d.lines), 'line')}, v{d.version})" for d in drafts)  # fmt: skip
-    return f"{plural(len(drafts), 'invoice draft')}: {each}"
+                     f"({plural(d.line_count, 'line')}, v{d.version})"
+                     for d in drafts.head(listed).itertuples())  # fmt: skip
+    more = f"; and {len(drafts) - listed} more" if len(drafts) > listed else ""
+    totals = drafts.groupby("currency")["gross_minor"].sum()
+    gross = ", ".join(format_money(int(total), str(currency)) for currency, total in totals.items())
+    return f"{plural(len(drafts), 'invoice draft')} ({gross} with tax): {each}{more}"
 
 
 price_stage = stage(price_work, name="price", says=_priced, resume=True)

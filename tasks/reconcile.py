@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
@@ -11,7 +11,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from billing.ledger import Ledger, WorkState
-from billing.models import DraftState, InvoiceDraft
+from billing.models import DraftState
 from billing.money import format_money, to_decimal
 from billing.settings import Settings
 from tasks.extract import make_source
@@ -43,17 +43,17 @@ def reconcile_period(settings: Settings, period: str) -> ReconcileReport:
     """
     ledger = Ledger(settings.resolved_ledger_url)
     erp = make_erp(settings)
-    posted = ledger.drafts(period, states=[DraftState.POSTED])
+    posted = ledger.draft_headers(period, states=[DraftState.POSTED])  # totals only: no lines are read
     numbers = {p.draft_key: p.erp_number for p in ledger.postings(period)}
-    found = erp.read_back([d.key for d in posted])
+    found = erp.read_back(list(posted["key"]))
     report = ReconcileReport(period=period)
     matched = []
-    for draft in posted:
+    for draft in posted.itertuples():
         in_erp = found.get(draft.key, [])
         theirs = (in_erp[0].total_minor, in_erp[0].tax_minor, in_erp[0].gross_minor) if in_erp else None
-        ours = (draft.total_minor, draft.tax_minor, draft.gross_minor)
+        ours = (int(draft.total_minor), int(draft.tax_minor), int(draft.gross_minor))
         if draft.tax_by == "erp" and theirs:  # the ERP's tax is its own: only the untaxed total must agree
-            ours = (draft.total_minor, theirs[1], draft.total_minor + theirs[1])
+            ours = (int(draft.total_minor), theirs[1], int(draft.total_minor) + theirs[1])
         if not in_erp:
             status = "missing_in_erp"
         elif len(in_erp) > 1:
@@ -66,15 +66,16 @@ def reconcile_period(settings: Settings, period: str) -> ReconcileReport:
             matched.append(draft.key)
         entry = {
             "key": draft.key, "erp_number": numbers.get(draft.key), "currency": draft.currency,
-            "total_minor": draft.total_minor, "erp_total_minor": theirs[0] if theirs else None,
-            "tax_minor": draft.tax_minor, "erp_tax_minor": theirs[1] if theirs else None,
-            "gross_minor": draft.gross_minor, "erp_gross_minor": theirs[2] if theirs else None,
+            "total_minor": ours[0], "erp_total_minor": theirs[0] if theirs else None,
+            "tax_minor": int(draft.tax_minor), "erp_tax_minor": theirs[1] if theirs else None,
+            "gross_minor": int(draft.gross_minor), "erp_gross_minor": theirs[2] if theirs else None,
             "erp_state": in_erp[0].state if in_erp else None, "status": status,
         }  # fmt: skip
         report.invoices.append(entry)
         if status in ("missing_in_erp", "mismatch"):
             report.mismatches.append(entry)
-    report.duplicates += billed_twice(posted, numbers)
+    report.duplicates += [{"work_item": item, "keys": keys, "erp_numbers": [numbers.get(k) for k in keys]}
+                          for item, keys in ledger.items_on_two_posted_drafts(period)]  # fmt: skip
     ledger.mark_reconciled(matched, actor=f"reconcile:{erp.name}")
     if settings.source == "redmine":  # billed entries are not extracted again: look at them at the source
         source = make_source(settings)
@@ -90,16 +91,6 @@ def reconcile_period(settings: Settings, period: str) -> ReconcileReport:
     return report
 
 
-def billed_twice(posted: Sequence[InvoiceDraft], numbers: dict[str, str]) -> list[dict[str, Any]]:
-    """Work items that two live invoices bill: ``{work_item, keys, erp_numbers}`` each."""
-    on: dict[str, list[str]] = defaultdict(list)
-    for draft in posted:
-        for item in {key for line in draft.lines for key in line.work_item_keys}:
-            on[item].append(draft.key)
-    return [{"work_item": item, "keys": keys, "erp_numbers": [numbers.get(k) for k in keys]}
-            for item, keys in sorted(on.items()) if len(keys) > 1]  # fmt: skip
-
-
 def write_back_to_source(settings: Settings, period: str) -> dict[str, Any]:
     """Invoice numbers into the source (Redmine), so its "not yet billed" filter skips them and the helpdesk
     sees what was billed. Failures are reported and retried on the next run; the posting stands."""
@@ -113,24 +104,31 @@ def write_back_to_source(settings: Settings, period: str) -> dict[str, Any]:
     return {"written": len(result.written), "failed": result.failed}
 
 
-def period_summary(settings: Settings, period: str, new_postings: int, failures: list[Any]) -> dict[str, Any]:
-    """The run's answer (``--json``): every invoice of the period, quarantines, counts by final state."""
+SUMMARY_LINES = 2_000  # a period with more lines leaves them out of its summary unless asked (``lines=True``)
+
+
+def period_summary(settings: Settings, period: str, new_postings: int, failures: list[Any],
+                   lines: bool | None = None) -> dict[str, Any]:  # fmt: skip
+    """The run's answer (``--json``): every invoice of the period with its totals, quarantines, counts by final
+    state. ``lines``: each invoice's lines too (True), never (False), or while the period has no more than
+    ``SUMMARY_LINES`` (None): a large period's summary stays kilobytes; its lines are in the ledger and the ERP."""
     ledger = Ledger(settings.resolved_ledger_url)
     numbers = {p.draft_key: p.erp_number for p in ledger.postings(period)}
-    drafts = ledger.drafts(period)
-    states = ledger.draft_states(d.key for d in drafts)
-    decisions = ledger.latest_decisions(d.key for d in drafts)
+    drafts = ledger.draft_headers(period)
+    decisions = ledger.latest_decisions(drafts["key"])
+    with_lines = lines if lines is not None else int(drafts["line_count"].sum()) <= SUMMARY_LINES
+    lines_of = {d.key: d.lines for d in ledger.drafts(period)} if with_lines else {}
     invoices = [
         {"key": d.key, "customer": d.customer_id, "customer_name": d.customer_name, "period": d.period,
-         "currency": d.currency, "version": d.version, "total_minor": d.total_minor, "tax_minor": d.tax_minor,
-         "gross_minor": d.gross_minor,
-         "status": states[d.key].value, "erp_number": numbers.get(d.key),
+         "currency": d.currency, "version": int(d.version), "total_minor": int(d.total_minor),
+         "tax_minor": int(d.tax_minor), "gross_minor": int(d.gross_minor), "status": d.state,
+         "erp_number": numbers.get(d.key), "line_count": int(d.line_count),
          "decided_by": decisions[d.key].approver if d.key in decisions else None,
-         "decision_note": (decisions[d.key].note or None) if d.key in decisions else None,
-         "lines": [{"source_id": line.source_id, "description": line.description,
-                    "quantity": str(line.quantity_billed), "unit_price_minor": line.unit_price_minor,
-                    "amount_minor": line.amount_minor} for line in d.lines]}
-        for d in drafts
+         "decision_note": (decisions[d.key].note or None) if d.key in decisions else None}
+        | ({"lines": [{"source_id": line.source_id, "description": line.description,
+                       "quantity": str(line.quantity_billed), "unit_price_minor": line.unit_price_minor,
+                       "amount_minor": line.amount_minor} for line in lines_of[d.key]]} if with_lines else {})
+        for d in drafts.itertuples()
     ]  # fmt: skip
     items = ledger.work_items(period)
     quarantined = items[items["state"] == WorkState.QUARANTINED.value]
@@ -156,7 +154,7 @@ def publish(summary: dict[str, Any], report: ReconcileReport) -> None:
     create_table_artifact(
         key=f"invoices-{period.replace('-', '')}",
         table=[{"invoice": i["erp_number"] or "(not posted)", "customer": i["customer_name"] or i["customer"],
-                "status": i["status"], "lines": len(i["lines"]),
+                "status": i["status"], "lines": i["line_count"],
                 "untaxed": format_money(i["total_minor"], i["currency"]),
                 "tax": format_money(i["tax_minor"], i["currency"]),
                 "total": format_money(i["gross_minor"], i["currency"])} for i in summary["invoices"]],
@@ -247,9 +245,11 @@ def health(summary: dict[str, Any], report: ReconcileReport) -> str:
     rate = f"{Decimal(100 * exceptions) / total:.1f} %" if total else "0.0 %"
     backlog = (len(report.mismatches) + len(report.duplicates) + len(report.unbilled)
                + len(report.changed_after_billing))  # fmt: skip
-    return (f"**Posting latency** (drafted → posted): {latency}. **Exception rate**: {rate} ({exceptions} of "
-            f"{total}: quarantined work items and failed postings). **Reconciliation backlog**: {backlog} "
-            "difference(s) to look at.")
+    return (
+        f"**Posting latency** (drafted → posted): {latency}. **Exception rate**: {rate} ({exceptions} of "
+        f"{total}: quarantined work items and failed postings). **Reconciliation backlog**: {backlog} "
+        "difference(s) to look at."
+    )
 
 
 def _duration(seconds: float) -> str:

@@ -388,19 +388,20 @@ def test_flagged_drafts_wait_for_a_human_even_under_auto_with_the_reason(setting
     acme, beta = draft(line(12000)), draft(line(9000, customer="BETA"), customer="BETA")
     ledger.save_drafts("2026-10", [acme, beta], actor="test")
 
-    auto, held = split_by_policy(settings.model_copy(update={"rules_file": rules, "approve": "auto"}), [acme, beta])
+    keys = [acme.key, beta.key]
+    auto, held = split_by_policy(settings.model_copy(update={"rules_file": rules, "approve": "auto"}), keys)
     assert [(d.draft_key, d.approver) for d in auto] == [(acme.key, "policy:auto")]
     assert [(h.draft.key, h.reasons) for h in held] == [(beta.key, ("first invoice for this customer",))]
     form = decision_form(held).model_json_schema()["properties"][field_of(beta.key)]
     assert form["description"].startswith("Held because: first invoice for this customer. ")
 
     # Under manual, both are below the threshold (5,000.00 EUR): ACME passes, BETA is still held, for one reason.
-    auto, held = split_by_policy(settings.model_copy(update={"rules_file": rules, "approve": "manual"}), [acme, beta])
+    auto, held = split_by_policy(settings.model_copy(update={"rules_file": rules, "approve": "manual"}), keys)
     assert [(d.draft_key, d.approver, d.note) for d in auto] == [
         (acme.key, "policy:threshold", "total 120.00 EUR is below 5000.00 EUR")
     ]
     assert [h.reasons for h in held] == [("first invoice for this customer",)]
 
     # With the demo's own rules (first invoices not held), nothing waits under auto.
-    auto, held = split_by_policy(settings.model_copy(update={"approve": "auto"}), [acme, beta])
+    auto, held = split_by_policy(settings.model_copy(update={"approve": "auto"}), keys)
     assert (len(auto), held) == (2, [])

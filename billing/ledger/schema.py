@@ -79,7 +79,14 @@ class InvoiceDraftRow(Base):
     period: Mapped[str] = mapped_column(String(7), index=True)
     currency: Mapped[str] = mapped_column(String(3))
     version: Mapped[int] = mapped_column(Integer)
-    total_minor: Mapped[int] = mapped_column(BigInteger)
+    total_minor: Mapped[int] = mapped_column(BigInteger)  # untaxed: the sum of the lines
+    tax_minor: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    gross_minor: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    line_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    customer_name: Mapped[str] = mapped_column(Text, default="", server_default="")
+    content_hash: Mapped[str] = mapped_column(String(64), default="", server_default="")  # an unchanged redraft keeps
+    rules_hash: Mapped[str | None] = mapped_column(String(64))  # the rules file it was priced by
+    tax_by: Mapped[str] = mapped_column(String(10), default="rules", server_default="rules")  # rules | erp
     state: Mapped[str] = mapped_column(String(20))
     document: Mapped[dict[str, Any]]  # the full draft as posted (lines, customer, trace)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

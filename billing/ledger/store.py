@@ -57,6 +57,10 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 CHUNK = 500  # keys per IN (...) clause: SQLite allows 32k parameters, PostgreSQL 65k
 DERIVED = {"_hash", *InvoiceDraft.model_computed_fields}  # stored for readers, recomputed on load
 UNPOSTED_DRAFT_STATES = (DraftState.DRAFTED, DraftState.APPROVED, DraftState.REJECTED)
+DRAFT_HEADER_COLUMNS: tuple[str, ...] = (
+    "key", "customer_id", "customer_name", "agreement_id", "period", "currency", "version", "state", "total_minor",
+    "tax_minor", "gross_minor", "tax_by", "line_count", "content_hash", "rules_hash", "created_at",
+)  # fmt: skip
 
 
 def _unbilled_only(statement: Update) -> Update:
@@ -166,6 +170,10 @@ class ClaimConflict(UserFacingError):
             "another run of this period got there first. Nothing was drafted twice.",
             hint="run again: the rerun bills only what is left",
         )
+
+
+def _draft_of(document: dict[str, Any]) -> InvoiceDraft:
+    return InvoiceDraft.model_validate({k: v for k, v in document.items() if k not in DERIVED})
 
 
 def document_hash(draft: InvoiceDraft) -> str:
@@ -392,12 +400,18 @@ class Ledger:
             return {(c, a, cur): v for c, a, cur, v in rows}
 
     def save_drafts(
-        self, period: str, drafts: Sequence[InvoiceDraft], actor: str, customers: Collection[str] | None = None
+        self,
+        period: str,
+        drafts: Sequence[InvoiceDraft],
+        actor: str,
+        customers: Collection[str] | None = None,
+        rules_hash: str | None = None,
     ) -> list[InvoiceDraft]:
         """Make ``drafts`` the period's unposted drafts (of ``customers`` only, when given), in one transaction.
 
         A draft whose content is unchanged keeps its state (and so its approval); a changed one replaces
-        the old and must be approved again; an unposted draft no longer produced is removed. A new draft
+        the old and must be approved again; an unposted draft no longer produced is removed. ``rules_hash``: the
+        rules file's hash, recorded on each new draft (an unchanged draft keeps its own). A new draft
         claims its work items in the same transaction: only items no other draft holds and that are not
         billed. Should any be held (another run of the period drafted or posted them meanwhile), nothing
         is saved and ``ClaimConflict`` says which: nothing is ever billed twice, even without the run lock.
@@ -412,11 +426,7 @@ class Ledger:
                 )
                 if customers is None or row.customer_id in customers
             }
-            keep = {
-                k
-                for k, row in existing.items()
-                if k in wanted and row.document.get("_hash") == document_hash(wanted[k])
-            }
+            keep = {k for k, row in existing.items() if k in wanted and row.content_hash == document_hash(wanted[k])}
             stale = [k for k in existing if k not in keep]
             for chunk in _chunks(stale):  # only while still unposted: a draft posted meanwhile stays as it is
                 still = select(InvoiceDraftRow.key).where(InvoiceDraftRow.key.in_(chunk),
@@ -433,7 +443,7 @@ class Ledger:
             new = [d for k, d in wanted.items() if k not in keep]
             self._claim(session, new)
             for draft in new:
-                self._insert_draft(session, period, draft, actor)
+                self._insert_draft(session, period, draft, actor, rules_hash)
             # Items on a kept draft keep their state (drafted or approved); nothing to do for them.
         return list(drafts)
 
@@ -464,21 +474,20 @@ class Ledger:
             ).tuples().all()  # fmt: skip
         raise ClaimConflict(held, missing=len(keys) - claimed - len(held))
 
-    def _insert_draft(self, session: Session, period: str, draft: InvoiceDraft, actor: str) -> None:
-        document = draft.model_dump(mode="json") | {"_hash": document_hash(draft)}
+    def _insert_draft(
+        self, session: Session, period: str, draft: InvoiceDraft, actor: str, rules_hash: str | None
+    ) -> None:
+        content_hash = document_hash(draft)
         session.add(
             InvoiceDraftRow(
-                key=draft.key,
-                customer_id=draft.customer_id,
-                agreement_id=draft.agreement_id,
-                period=period,
-                currency=draft.currency,
-                version=draft.version,
-                total_minor=draft.total_minor,
-                state=DraftState.DRAFTED.value,
-                document=document,
+                key=draft.key, customer_id=draft.customer_id, agreement_id=draft.agreement_id, period=period,
+                currency=draft.currency, version=draft.version, total_minor=draft.total_minor,
+                tax_minor=draft.tax_minor, gross_minor=draft.gross_minor, line_count=len(draft.lines),
+                customer_name=draft.customer_name, content_hash=content_hash, rules_hash=rules_hash,
+                tax_by=draft.tax_by,
+                state=DraftState.DRAFTED.value, document=draft.model_dump(mode="json") | {"_hash": content_hash},
             )
-        )
+        )  # fmt: skip
         session.flush()
         line_rows = [
             {
@@ -518,17 +527,48 @@ class Ledger:
                 out.update({k: DraftState(s) for k, s in rows})
         return out
 
-    def drafts(self, period: str | None = None, states: Iterable[DraftState] | None = None) -> list[InvoiceDraft]:
+    def draft_headers(
+        self, period: str | None = None, states: Iterable[DraftState] | None = None, keys: Iterable[str] | None = None
+    ) -> pd.DataFrame:
+        """The drafts without their lines, one row each (``DRAFT_HEADER_COLUMNS``), ordered by key: what
+        approving, reconciling and summing up a period need, without reading a document."""
+        columns = [getattr(InvoiceDraftRow, name) for name in DRAFT_HEADER_COLUMNS]
+        query = select(*columns).order_by(InvoiceDraftRow.key)
+        if period is not None:
+            query = query.where(InvoiceDraftRow.period == period)
+        if states is not None:
+            query = query.where(InvoiceDraftRow.state.in_([s.value for s in states]))
+        with self.engine.connect() as connection:
+            if keys is None:
+                rows = connection.execute(query).all()
+            else:
+                rows = [r for chunk in _chunks(list(dict.fromkeys(keys)))
+                        for r in connection.execute(query.where(InvoiceDraftRow.key.in_(chunk))).all()]  # fmt: skip
+        frame = pd.DataFrame(rows, columns=list(DRAFT_HEADER_COLUMNS))
+        return frame.sort_values("key", ignore_index=True) if keys is not None else frame
+
+    def drafts(
+        self,
+        period: str | None = None,
+        states: Iterable[DraftState] | None = None,
+        keys: Iterable[str] | None = None,
+        customers: Iterable[str] | None = None,
+    ) -> list[InvoiceDraft]:
+        """The drafts with their lines, ordered by key (``keys``, ``customers``: only these)."""
         query = select(InvoiceDraftRow.document).order_by(InvoiceDraftRow.key)
         if period is not None:
             query = query.where(InvoiceDraftRow.period == period)
         if states is not None:
             query = query.where(InvoiceDraftRow.state.in_([s.value for s in states]))
+        if keys is not None or customers is not None:
+            column = InvoiceDraftRow.key if keys is not None else InvoiceDraftRow.customer_id
+            wanted = list(dict.fromkeys(keys if keys is not None else customers))  # type: ignore[arg-type]
+            with Session(self.engine) as session:
+                documents = [d for chunk in _chunks(wanted) for d in session.scalars(query.where(column.in_(chunk)))]
+            documents.sort(key=lambda d: str(d.get("key")))
+            return [_draft_of(document) for document in documents]
         with Session(self.engine) as session:
-            return [
-                InvoiceDraft.model_validate({k: v for k, v in doc.items() if k not in DERIVED})
-                for doc in session.scalars(query)
-            ]
+            return [_draft_of(document) for document in session.scalars(query)]
 
     # -- approvals and postings --------------------------------------------------------------------
 
@@ -633,6 +673,29 @@ class Ledger:
             )
         with Session(self.engine) as session:
             return list(session.scalars(query))
+
+    def items_on_two_posted_drafts(self, period: str) -> list[tuple[str, list[str]]]:
+        """Work items that lines of two posted drafts of the period bill (which must never happen), with the
+        drafts' keys: one grouped query over the period's lines, none of them read."""
+        posted = select(InvoiceDraftRow.key).where(InvoiceDraftRow.period == period,
+                                                   InvoiceDraftRow.state == DraftState.POSTED.value)  # fmt: skip
+        twice = (
+            select(InvoiceLineRow.work_item_key)
+            .where(InvoiceLineRow.draft_key.in_(posted), InvoiceLineRow.work_item_key != "")
+            .group_by(InvoiceLineRow.work_item_key)
+            .having(func.count(func.distinct(InvoiceLineRow.draft_key)) > 1)
+        )
+        query = (
+            select(InvoiceLineRow.work_item_key, InvoiceLineRow.draft_key)
+            .where(InvoiceLineRow.work_item_key.in_(twice), InvoiceLineRow.draft_key.in_(posted))
+            .distinct()
+            .order_by(InvoiceLineRow.work_item_key, InvoiceLineRow.draft_key)
+        )
+        on: dict[str, list[str]] = {}
+        with self.engine.connect() as connection:
+            for item, draft in connection.execute(query):
+                on.setdefault(item, []).append(draft)
+        return list(on.items())
 
     def posting_latencies(self, period: str) -> list[float]:
         """Seconds from each posted invoice's drafting (its last version) to its posting, for the period."""
