@@ -6,18 +6,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 
+from billing.draft_book import HEADER_COLUMNS, LINE_COLUMNS, SEPARATOR, DraftBook, centi_text, charge_line, hours_text
 from billing.ledger import Ledger, WorkState
-from billing.models import ChargeLine, DraftState, InvoiceDraft, WorkBatch
-from billing.money import format_money
+from billing.models import ChargeLine, DraftState, InvoiceDraft, WorkBatch, draft_key
+from billing.money import Rounding, format_money
 from billing.settings import Settings
 from rules.adjustments import adjust, prior_cap_use
-from rules.engine import agreement_fees, explain, milestones_due, price, quantity
+from rules.engine import agreement_fees, milestones_due, price
 from rules.retainers import balances, draw_down
 from rules.schema import RuleSet, load_rules
 from rules.usage import usage_lines
@@ -207,42 +209,141 @@ def group_drafts(
     posted: dict[tuple[str, str, str], int],
     history: Sequence[InvoiceDraft] = (),
 ) -> list[InvoiceDraft]:
+    """``draft_book``'s drafts as ``InvoiceDraft``s, each line with its explanation."""
+    return draft_book(batch, lines, rules, posted, history).drafts(rules)
+
+
+def draft_book(
+    batch: WorkBatch,
+    lines: pd.DataFrame,
+    rules: RuleSet,
+    posted: dict[tuple[str, str, str], int],
+    history: Sequence[InvoiceDraft] = (),
+) -> DraftBook:
     """One draft per customer × agreement × currency; ``posted`` versions make the next one supplementary.
-    ``history``: the invoices posted so far, which caps look back on."""
-    customers = batch.customers_by_id
-    drafts = []
+    ``history``: the invoices posted so far, which caps and prepaid hours look back on.
+
+    By column: the lines in draft order, their descriptions, quantities and taxes, the drafts' totals. Only
+    caps and discounts go draft by draft, for the customers they apply to."""
     lines = draw_down(lines, rules, balances(rules, batch.period, history))
+    if lines.empty:
+        return DraftBook.empty()
     ordered = lines.sort_values(["customer_id", "currency", "started_at", "source_id"])
     per_ticket = batch.scope is not None and batch.scope.per_ticket  # one invoice per ticket: v1, v2 ...
     ordered = ordered.assign(_invoice=ordered["ticket_id"].astype(str) if per_ticket else "")
-    numbered: dict[tuple[str, str], int] = {}
-    for (customer_id, currency, _), group in ordered.groupby(["customer_id", "currency", "_invoice"], sort=True):
-        customer = customers[customer_id]
-        charge_lines = tuple(
-            ChargeLine(
-                work_item_keys=_items(row), source_id=row["source_id"], customer_id=customer_id, period=batch.period,
-                currency=currency, service_type=row["service_type"], description=text[0],
-                quantity_raw=_hours(int(row["raw_seconds"])),
-                quantity_billed=quantity(int(row["quantity_centi"])),
-                unit_price_minor=int(row["unit_price_minor"]), amount_minor=int(row["amount_minor"]),
-                trace=_trace(row, rules.name, text[1]), **_own_tax(row, customer.country, rules),
-            )
-            for row in group.to_dict("records")
-            for text in [_texts(row, rules)]
-        )  # fmt: skip
-        tickets = {k: t for k, t in zip(group["key"], group["ticket_id"], strict=True) if _present(t)}
-        prior = prior_cap_use(history, customer_id, currency, batch.period, rules)
-        charge_lines += tuple(adjust(list(charge_lines), tickets, rules, rules.money_rounding(currency), prior))
-        numbered[customer_id, currency] = numbered.get((customer_id, currency), 0) + 1
-        version = posted.get((customer_id, "default", currency), 0) + numbered[customer_id, currency]
-        tax = rules.taxes.for_country(customer.country)
-        drafts.append(InvoiceDraft(
-            customer_id=customer_id, period=batch.period, currency=currency, version=version, lines=charge_lines,
-            customer_name=customer.name, customer_erp_ref=customer.erp_ref, customer_country=customer.country,
-            money_rounding=rules.money_rounding(currency), tax_id=tax.id, tax_rate=tax.rate,
-            tax_rounding=rules.taxes.rounding, tax_base=rules.taxes.base, tax_by=rules.taxes.computed_by,
-        ))  # fmt: skip
-    return drafts
+    ordered = ordered.astype({"customer_id": str, "currency": str, "service_type": str})
+    ordered = ordered.sort_values(["customer_id", "currency", "_invoice"], kind="stable", ignore_index=True)
+    groups = ordered.groupby(["customer_id", "currency", "_invoice"], sort=False)
+    number = groups.ngroup().to_numpy()
+    headers = groups.size().reset_index(name="_lines").drop(columns=["_invoice", "_lines"])
+    nth = headers.groupby(["customer_id", "currency"]).cumcount() + 1  # several invoices of one customer: per ticket
+    headers["agreement_id"] = "default"
+    headers["period"] = batch.period
+    headers["version"] = [posted.get((c, "default", cur), 0) + int(n) for c, cur, n in
+                          zip(headers["customer_id"], headers["currency"], nth, strict=True)]  # fmt: skip
+    headers["key"] = [draft_key(c, "default", batch.period, cur, v) for c, cur, v in
+                      zip(headers["customer_id"], headers["currency"], headers["version"], strict=True)]  # fmt: skip
+    book_lines = _line_columns(ordered, headers["key"].to_numpy(dtype=object)[number], batch, rules)
+    book_lines = _with_adjustments(book_lines, ordered, rules, history, batch.period)
+    return DraftBook(headers=_header_columns(headers, book_lines, batch.customers_by_id, rules), lines=book_lines)
+
+
+def _line_columns(ordered: pd.DataFrame, keys: np.ndarray, batch: WorkBatch, rules: RuleSet) -> pd.DataFrame:
+    """The priced lines, in draft order, as the line contract (``LINE_COLUMNS``)."""
+    n = len(ordered)
+
+    def column(name: str) -> np.ndarray:
+        return (ordered[name].astype(object) if name in ordered else pd.Series([None] * n)).to_numpy(dtype=object)
+
+    kind = np.array([k if _present(k) else "work" for k in column("object_type")], dtype=object)
+    rate_kind = [k if _present(k) else "hourly" for k in column("rate_kind")]
+    drawn = [int(d) if _present(d) else 0 for d in column("drawn_centi")]
+    overage = [o is True or o is np.True_ for o in column("overage")]
+    optional = {name: [v if _present(v) else None for v in column(name)]
+                for name in ("ticket_id", "agreement_id", "modifier", "note", "description",
+                             "prepaid_agreement")}  # fmt: skip
+    frame = pd.DataFrame({
+        "draft_key": keys,
+        "line_no": pd.Series(keys).groupby(keys, sort=False).cumcount().to_numpy() + 1,
+        "work_item_keys": [tuple(k) if isinstance(k, tuple | list) else (key,)
+                           for k, key in zip(column("item_keys"), ordered["key"], strict=True)],
+        "source_id": column("source_id"),
+        "customer_id": column("customer_id"),
+        "agreement_id": "default",
+        "period": batch.period,
+        "currency": column("currency"),
+        "service_type": column("service_type"),
+        "description": _descriptions(ordered, kind, optional, drawn, overage, rules),
+        "quantity_raw": hours_text(ordered["raw_seconds"].to_numpy(dtype="int64")),
+        "quantity_billed": centi_text(ordered["quantity_centi"].to_numpy(dtype="int64")),
+        "quantity_centi": ordered["quantity_centi"].to_numpy(dtype="int64"),
+        "unit_price_minor": ordered["unit_price_minor"].to_numpy(dtype="int64"),
+        "amount_minor": ordered["amount_minor"].to_numpy(dtype="int64"),
+        **_own_taxes(ordered, {c.customer_id: c.country for c in batch.customers}, rules),
+        "line_kind": kind,
+        "rules": rules.name,
+        "rate_minor": ordered["rate_minor"].to_numpy(dtype="int64"),
+        "rate_source": column("rate_source"),
+        "rate_kind": rate_kind,
+        "modifier": optional["modifier"],
+        "multiplier_bp": ordered["multiplier_bp"].to_numpy(dtype="int64"),
+        "raw_seconds": ordered["raw_seconds"].to_numpy(dtype="int64"),
+        "billed_seconds": ordered["billed_seconds"].to_numpy(dtype="int64"),
+        "money_rounding": column("money_rounding"),
+        "ticket": optional["ticket_id"],
+        "agreement": optional["agreement_id"],
+        "prepaid_agreement": optional["prepaid_agreement"],
+        "drawn_centi": drawn,
+        "prepaid_left_centi": [int(d) if _present(d) else 0 for d in column("prepaid_left_centi")],
+        "overage": overage,
+        "rule": None,
+        "scope": None,
+    })  # fmt: skip
+    return frame[list(LINE_COLUMNS)]
+
+
+def _descriptions(ordered: pd.DataFrame, kind: np.ndarray, optional: dict[str, list[Any]], drawn: list[int],
+                  overage: list[bool], rules: RuleSet) -> list[str]:  # fmt: skip
+    """What each line says: a line the rules made (a fee, a milestone, usage) in its own words; work as
+    ``date · ticket · service · modifier · prepaid|overage · note``."""
+    services = {code: service.name for code, service in rules.services.items()}
+    dates = ordered["local_date"].astype(str).str[:10].tolist() if "local_date" in ordered else [""] * len(ordered)
+    out: list[str] = []
+    for n, service in enumerate(ordered["service_type"]):
+        own = optional["description"][n]
+        if kind[n] == "usage" or own is not None:
+            out.append(str(own))
+            continue
+        parts = [dates[n]]
+        if (ticket := optional["ticket_id"][n]) is not None:
+            parts.append(str(ticket))
+        parts.append(services[service])
+        if (modifier := optional["modifier"][n]) is not None:
+            parts.append(str(modifier).replace("_", "-"))
+        if drawn[n] > 0:
+            parts.append("prepaid")
+        elif overage[n]:
+            parts.append("overage")
+        if (note := optional["note"][n]) is not None:
+            parts.append(str(note))
+        out.append(SEPARATOR.join(parts))
+    return out
+
+
+def _own_taxes(ordered: pd.DataFrame, country: dict[str, str | None], rules: RuleSet) -> dict[str, list[Any]]:
+    """A line's own tax (id, rate as text) when its service's tax class has a rate other than the invoice's
+    standard one in the customer's country; None otherwise. One lookup per service and country."""
+    known: dict[tuple[str, str | None], tuple[str | None, str | None]] = {}
+    ids: list[str | None] = []
+    rates: list[str | None] = []
+    for service, customer in zip(ordered["service_type"], ordered["customer_id"], strict=True):
+        where = (service, country.get(customer))
+        if where not in known:
+            own = _own_tax({"service_type": service}, where[1], rules)
+            known[where] = (own["tax_id"], str(own["tax_rate"])) if own else (None, None)
+        ids.append(known[where][0])
+        rates.append(known[where][1])
+    return {"tax_id": ids, "tax_rate": rates}
 
 
 def _own_tax(row: dict[str, Any], country: str | None, rules: RuleSet) -> dict[str, Any]:
@@ -254,77 +355,87 @@ def _own_tax(row: dict[str, Any], country: str | None, rules: RuleSet) -> dict[s
     return {} if own.id == standard.id else {"tax_id": own.id, "tax_rate": own.rate}
 
 
-def _texts(row: dict[str, Any], rules: RuleSet) -> tuple[str, str]:
-    """The line's description and the sentence that explains its amount."""
-    if row.get("object_type") == "usage":
-        q, unit = quantity(int(row["quantity_centi"])), format_money(int(row["unit_price_minor"]), str(row["currency"]))
-        amount = format_money(int(row["amount_minor"]), str(row["currency"]))
-        return str(row["description"]), f"{row['description']}: {q} × {unit} = {amount} ({row['rate_source']})"
-    if _present(row.get("description")):  # a line the rules made (a fee, a milestone): its own words
-        amount = format_money(int(row["amount_minor"]), str(row["currency"]))
-        full = format_money(int(row["rate_minor"]), str(row["currency"]))
-        of = f" of {full}" if int(row["rate_minor"]) != int(row["amount_minor"]) else ""
-        return str(row["description"]), f"{row['description']}: {amount}{of} ({row['rate_source']})"
-    service = rules.services[row["service_type"]].name
-    return _description(row, service), explain(row, service, rules)
+def _with_adjustments(book_lines: pd.DataFrame, ordered: pd.DataFrame, rules: RuleSet,
+                      history: Sequence[InvoiceDraft], period: str) -> pd.DataFrame:  # fmt: skip
+    """Caps and discounts as lines of their own at the end of each draft they apply to (draft by draft)."""
+    if not (rules.caps or rules.discounts):
+        return book_lines
+    tickets_of = dict(zip(ordered["key"], ordered["ticket_id"], strict=True))
+    parts = []
+    for key, draft_lines in book_lines.groupby("draft_key", sort=False):
+        parts.append(draft_lines)
+        charge_lines = [charge_line(row) for row in draft_lines.to_dict("records")]
+        customer, currency = charge_lines[0].customer_id, charge_lines[0].currency
+        tickets = {k: t for line in charge_lines for k in line.work_item_keys if _present(t := tickets_of.get(k))}
+        prior = prior_cap_use(history, customer, currency, period, rules)
+        made = adjust(charge_lines, tickets, rules, rules.money_rounding(currency), prior)
+        if made:
+            rows = [_adjustment_row(line, str(key), len(draft_lines) + n) for n, line in enumerate(made, start=1)]
+            parts.append(pd.DataFrame(rows, columns=list(LINE_COLUMNS)))
+    return pd.concat(parts, ignore_index=True)
 
 
-def _items(row: dict[str, Any]) -> tuple[str, ...]:
-    """The work items a line bills: several when the rules round them together, else its own."""
-    keys = row.get("item_keys")
-    return tuple(keys) if isinstance(keys, tuple | list) else (row["key"],)
+def _adjustment_row(line: ChargeLine, key: str, number: int) -> dict[str, Any]:
+    return dict.fromkeys(LINE_COLUMNS) | {
+        "draft_key": key, "line_no": number, "work_item_keys": (), "source_id": "", "customer_id": line.customer_id,
+        "agreement_id": line.agreement_id, "period": line.period, "currency": line.currency,
+        "service_type": line.service_type, "description": line.description, "quantity_raw": str(line.quantity_raw),
+        "quantity_billed": str(line.quantity_billed), "quantity_centi": int(line.quantity_billed * 100),
+        "unit_price_minor": line.unit_price_minor, "amount_minor": line.amount_minor, "line_kind": "adjustment",
+        "rule": line.trace["rule"], "scope": line.trace.get("scope"), "rate_minor": 0, "multiplier_bp": 0,
+        "raw_seconds": 0, "billed_seconds": 0, "drawn_centi": 0, "prepaid_left_centi": 0, "overage": False,
+    }  # fmt: skip
 
 
-def _hours(seconds: int) -> Decimal:
-    return (Decimal(seconds) / 3600).quantize(Decimal("0.0001"), ROUND_HALF_UP)
+def _header_columns(headers: pd.DataFrame, lines: pd.DataFrame, customers: dict[str, Any],
+                    rules: RuleSet) -> pd.DataFrame:  # fmt: skip
+    """The drafts' own columns (customer, tax policy) and their totals, from their lines."""
+    of = [customers[c] for c in headers["customer_id"]]
+    tax = [rules.taxes.for_country(c.country) for c in of]
+    headers = headers.assign(
+        customer_name=[c.name for c in of], customer_erp_ref=[c.erp_ref for c in of],
+        customer_country=[c.country for c in of],
+        money_rounding=[rules.money_rounding(cur).value for cur in headers["currency"]],
+        tax_id=[t.id for t in tax], tax_rate=[str(t.rate) for t in tax], tax_rounding=rules.taxes.rounding,
+        tax_base=rules.taxes.base, tax_by=rules.taxes.computed_by,
+    )  # fmt: skip
+    sums = lines.groupby("draft_key", sort=False).agg(total_minor=("amount_minor", "sum"),
+                                                      line_count=("amount_minor", "size"))  # fmt: skip
+    headers = headers.join(sums, on="key")
+    headers["tax_minor"] = draft_taxes(headers, lines)
+    headers["gross_minor"] = headers["total_minor"] + headers["tax_minor"]
+    return headers[list(HEADER_COLUMNS)].astype({"total_minor": "int64", "tax_minor": "int64",
+                                                 "gross_minor": "int64", "line_count": "int64"})  # fmt: skip
+
+
+def draft_taxes(headers: pd.DataFrame, lines: pd.DataFrame) -> list[int]:
+    """Each draft's tax as ``InvoiceDraft.tax_minor`` computes it, by column: per rate (the line's own, else the
+    draft's) the base summed (displayed amounts, or quantity × unit price unrounded) and rounded once for the
+    document, or line by line; 0 where the ERP computes it."""
+    policy = headers.set_index("key")[["tax_rate", "tax_base", "tax_rounding", "tax_by", "money_rounding"]]
+    own = lines["tax_rate"].map(_present).to_numpy(dtype=bool)
+    rate = np.where(own, lines["tax_rate"].to_numpy(dtype=object), lines["draft_key"].map(policy["tax_rate"]))
+    # Bases in hundredths of a minor unit, exact integers: quantity (centi) × unit price, or amount × 100.
+    unrounded = (lines["draft_key"].map(policy["tax_base"]) == "unrounded").to_numpy(dtype=bool)
+    quantity = lines["quantity_centi"].to_numpy(dtype="int64")
+    base = np.where(unrounded, quantity * lines["unit_price_minor"].to_numpy(dtype="int64"),
+                    lines["amount_minor"].to_numpy(dtype="int64") * 100)  # fmt: skip
+    frame = pd.DataFrame({"key": lines["draft_key"].to_numpy(dtype=object), "rate": rate, "base": base})
+    per_line = (frame["key"].map(policy["tax_rounding"]) == "line").to_numpy(dtype=bool)
+    grouped = pd.concat([frame[~per_line].groupby(["key", "rate"], sort=False)["base"].sum().reset_index(),
+                         frame[per_line]])  # fmt: skip
+    tax: dict[str, int] = {}
+    for key, rate_text, hundredths in zip(grouped["key"], grouped["rate"], grouped["base"], strict=True):
+        mode = Rounding(policy.at[key, "money_rounding"]).decimal_mode
+        amount = (Decimal(int(hundredths)) / 100 * Decimal(rate_text)).quantize(Decimal(1), rounding=mode)
+        tax[key] = tax.get(key, 0) + int(amount)
+    return [0 if policy.at[k, "tax_by"] == "erp" else tax.get(k, 0) for k in headers["key"]]
 
 
 def _present(value: Any) -> bool:
     return (
         value is not None and not (isinstance(value, float) and value != value) and value is not pd.NA and value != ""
     )
-
-
-def _description(row: dict[str, Any], service_name: str) -> str:
-    parts = [str(row["local_date"])[:10], service_name]
-    if _present(row["ticket_id"]):
-        parts.insert(1, str(row["ticket_id"]))
-    if _present(row["modifier"]):
-        parts.append(str(row["modifier"]).replace("_", "-"))
-    if int(row.get("drawn_centi") or 0) > 0:
-        parts.append("prepaid")
-    elif row.get("overage") is True:
-        parts.append("overage")
-    if _present(row["note"]):
-        parts.append(str(row["note"]))
-    return " · ".join(parts)
-
-
-def _trace(row: dict[str, Any], rule_set: str, explanation: str) -> dict[str, Any]:
-    """Compact and enough to re-derive the amount: rate, its source, multiplier, rounding."""
-    return {
-        "rules": rule_set,
-        "rate_minor": int(row["rate_minor"]),
-        "rate_source": row["rate_source"],
-        "rate_kind": row.get("rate_kind", "hourly"),
-        "modifier": row["modifier"] or None,
-        "multiplier_bp": int(row["multiplier_bp"]),
-        "raw_seconds": int(row["raw_seconds"]),
-        "billed_seconds": int(row["billed_seconds"]),
-        "money_rounding": row["money_rounding"],
-        "line_kind": row.get("object_type") if _present(row.get("object_type")) else "work",
-        "ticket": row["ticket_id"] if _present(row.get("ticket_id")) else None,
-        "agreement": row["agreement_id"] if _present(row.get("agreement_id")) else None,
-        "explanation": explanation,
-    } | _prepaid(row)
-
-
-def _prepaid(row: dict[str, Any]) -> dict[str, Any]:
-    """What a line drew from prepaid hours, or that it is overage beyond them."""
-    if int(row.get("drawn_centi") or 0) > 0:
-        return {"prepaid": {"agreement": row["prepaid_agreement"], "drawn_centi": int(row["drawn_centi"]),
-                            "left_centi": int(row["prepaid_left_centi"])}}  # fmt: skip
-    return {"overage": row["prepaid_agreement"]} if row.get("overage") is True else {}
 
 
 def _priced(lines: pd.DataFrame) -> str:
