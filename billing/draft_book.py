@@ -10,6 +10,7 @@ columns and the rules when someone reads it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -102,7 +103,7 @@ def trace_of(row: Mapping[str, Any], rules: RuleSet | None = None) -> dict[str, 
         trace: dict[str, Any] = {"rule": row["rule"], "explanation": row["description"], "line_kind": "adjustment"}
         return trace | ({"scope": row["scope"]} if _present(row["scope"]) else {})
     trace = {name: _plain(row[name]) for name in PRICED_TRACE}
-    if rules is not None:
+    if rules is not None and _present(row["rate_minor"]):  # a line made by hand (a test's) has nothing to explain
         trace["explanation"] = explanation(row, rules)
     if int(row["drawn_centi"] or 0) > 0:
         trace["prepaid"] = {"agreement": row["prepaid_agreement"], "drawn_centi": int(row["drawn_centi"]),
@@ -168,3 +169,70 @@ def _plain(value: Any) -> Any:
 
 def ordered_keys(values: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(values))
+
+
+def book_of(drafts: Sequence[InvoiceDraft]) -> DraftBook:
+    """``InvoiceDraft``s as a book (drafts made one by one: tests, an old ledger's documents)."""
+    if not drafts:
+        return DraftBook.empty()
+    headers = pd.DataFrame([
+        {"key": d.key, "customer_id": d.customer_id, "agreement_id": d.agreement_id, "period": d.period,
+         "currency": d.currency, "version": d.version, "customer_name": d.customer_name,
+         "customer_erp_ref": d.customer_erp_ref, "customer_country": d.customer_country,
+         "money_rounding": d.money_rounding.value, "tax_id": d.tax_id, "tax_rate": str(d.tax_rate),
+         "tax_rounding": d.tax_rounding, "tax_base": d.tax_base, "tax_by": d.tax_by, "total_minor": d.total_minor,
+         "tax_minor": d.tax_minor, "gross_minor": d.gross_minor, "line_count": len(d.lines)}
+        for d in drafts
+    ], columns=list(HEADER_COLUMNS))  # fmt: skip
+    rows = [row_of(line, d.key, number) for d in drafts for number, line in enumerate(d.lines, start=1)]
+    return DraftBook(headers=headers, lines=pd.DataFrame(rows, columns=list(LINE_COLUMNS)))
+
+
+def row_of(line: ChargeLine, key: str, number: int) -> dict[str, Any]:
+    """A ``ChargeLine`` as a row of the line contract: line ``number`` of draft ``key``."""
+    trace = line.trace
+    prepaid = trace.get("prepaid") or {}
+    return {
+        "draft_key": key, "line_no": number, "work_item_keys": tuple(line.work_item_keys), "source_id": line.source_id,
+        "customer_id": line.customer_id, "agreement_id": line.agreement_id, "period": line.period,
+        "currency": line.currency, "service_type": line.service_type, "description": line.description,
+        "quantity_raw": str(line.quantity_raw), "quantity_billed": str(line.quantity_billed),
+        "quantity_centi": int(line.quantity_billed * 100), "unit_price_minor": line.unit_price_minor,
+        "amount_minor": line.amount_minor, "tax_id": line.tax_id,
+        "tax_rate": None if line.tax_rate is None else str(line.tax_rate),
+        "line_kind": trace.get("line_kind") or "work", "rules": trace.get("rules"),
+        "rate_minor": trace.get("rate_minor"), "rate_source": trace.get("rate_source"),
+        "rate_kind": trace.get("rate_kind"), "modifier": trace.get("modifier"),
+        "multiplier_bp": trace.get("multiplier_bp"), "raw_seconds": trace.get("raw_seconds"),
+        "billed_seconds": trace.get("billed_seconds"), "money_rounding": trace.get("money_rounding"),
+        "ticket": trace.get("ticket"), "agreement": trace.get("agreement"),
+        "prepaid_agreement": prepaid.get("agreement") or trace.get("overage"),
+        "drawn_centi": int(prepaid.get("drawn_centi") or 0), "prepaid_left_centi": int(prepaid.get("left_centi") or 0),
+        "overage": "overage" in trace, "rule": trace.get("rule"), "scope": trace.get("scope"),
+    }  # fmt: skip
+
+
+# What a draft's content is, for "unchanged since it was drafted" (an unchanged draft keeps its approval).
+HASHED_HEADER = ("key", "customer_id", "agreement_id", "period", "currency", "version", "customer_name",
+                 "customer_erp_ref", "customer_country", "money_rounding", "tax_id", "tax_rate", "tax_rounding",
+                 "tax_base", "tax_by")  # fmt: skip
+HASHED_LINE = tuple(name for name in LINE_COLUMNS if name not in ("draft_key", "quantity_centi", "rules"))
+
+
+def content_hashes(book: DraftBook) -> list[str]:
+    """Each draft's content hash (in the order of ``book.headers``): SHA-256 of its header and of a 64-bit
+    hash of each line, by column."""
+    if book.headers.empty:
+        return []
+    lines = book.lines[list(HASHED_LINE)].astype(object).fillna("")  # a missing value hashes as ""
+    lines["work_item_keys"] = [" ".join(keys) for keys in book.lines["work_item_keys"]]
+    row_hashes = pd.util.hash_pandas_object(lines, index=False).to_numpy()
+    by_draft: dict[str, list[int]] = {}
+    for key, value in zip(book.lines["draft_key"], row_hashes.tolist(), strict=True):
+        by_draft.setdefault(key, []).append(value)
+    out = []
+    for header in book.headers[list(HASHED_HEADER)].astype(object).fillna("").itertuples(index=False):
+        digest = hashlib.sha256("\x1f".join(map(str, header)).encode())
+        digest.update(np.array(by_draft.get(header[0], []), dtype=np.uint64).tobytes())
+        out.append(digest.hexdigest()[:32])
+    return out

@@ -39,7 +39,6 @@ from prefect.utilities.engine import propose_state_sync
 from pydantic import Field, create_model
 
 from billing.ledger import Ledger
-from billing.ledger.store import document_hash
 from billing.models import ApprovalDecision, DraftState, InvoiceDraft
 from billing.money import format_money, to_minor
 from billing.settings import Settings
@@ -58,6 +57,7 @@ class Held:
 
     draft: InvoiceDraft
     reasons: tuple[str, ...]
+    content_hash: str = ""  # the draft's as the policy saw it: a decision on a draft changed since is not applied
 
 
 def split_by_policy(
@@ -99,7 +99,9 @@ def split_by_policy(
             approver = f"{POLICY}:auto" if settings.approve == "auto" else f"{POLICY}:threshold"
             auto.append(ApprovalDecision(draft_key=draft.key, approved=True, approver=approver, note=why_approved,
                                          decided_at=now))  # fmt: skip
-    return auto, [Held(d, held[d.key]) for d in ledger.drafts(keys=held)] if held else []
+    hashes = dict(zip(undecided["key"], undecided["content_hash"], strict=True))
+    return auto, [Held(d, held[d.key], hashes[d.key])
+                  for d in ledger.drafts(keys=held, rules=load_rules(settings.rules_file))]  # fmt: skip
 
 
 def record(settings: Settings, decisions: Sequence[ApprovalDecision]) -> None:
@@ -230,7 +232,8 @@ def ask_a_human(settings: Settings, held: Sequence[Held]) -> list[ApprovalDecisi
     headers = Ledger(settings.resolved_ledger_url).draft_headers(keys=[d.key for d in drafts])
     current = dict(zip(headers["key"], headers["content_hash"], strict=True))
     decisions = decisions_of(answer, drafts, datetime.now(UTC))
-    stale = [d.draft_key for d in decisions if current.get(d.draft_key) != document_hash(_by_key(drafts, d))]
+    shown = {h.draft.key: h.content_hash for h in held}
+    stale = [d.draft_key for d in decisions if current.get(d.draft_key) != shown[d.draft_key]]
     if stale:
         logger.warning("not applied, the draft changed while waiting (decide it again): %s", ", ".join(stale))
     decisions = [d for d in decisions if d.draft_key not in stale]
@@ -239,10 +242,6 @@ def ask_a_human(settings: Settings, held: Sequence[Held]) -> list[ApprovalDecisi
     logger.info("%s decided: %s; %d left for later", answer.model_dump().get("approver"), said,
                 len(drafts) - len(decisions) - len(stale))  # fmt: skip
     return decisions
-
-
-def _by_key(drafts: Sequence[InvoiceDraft], decision: ApprovalDecision) -> InvoiceDraft:
-    return next(d for d in drafts if d.key == decision.draft_key)
 
 
 def decide_by_policy(settings: Settings, drafts: pd.DataFrame) -> list[Held]:

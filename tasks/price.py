@@ -13,9 +13,18 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from billing.draft_book import HEADER_COLUMNS, LINE_COLUMNS, SEPARATOR, DraftBook, centi_text, charge_line, hours_text
+from billing.draft_book import (
+    HEADER_COLUMNS,
+    LINE_COLUMNS,
+    SEPARATOR,
+    DraftBook,
+    centi_text,
+    charge_line,
+    hours_text,
+    row_of,
+)
 from billing.ledger import Ledger, WorkState
-from billing.models import ChargeLine, DraftState, InvoiceDraft, WorkBatch, draft_key
+from billing.models import DraftState, InvoiceDraft, WorkBatch, draft_key
 from billing.money import Rounding, format_money
 from billing.settings import Settings
 from rules.adjustments import adjust, prior_cap_use
@@ -179,19 +188,24 @@ def build_drafts(settings: Settings, batch: WorkBatch, lines: pd.DataFrame) -> p
     later stages are handed, so Prefect never walks a period's lines."""
     ledger = Ledger(settings.resolved_ledger_url)
     rules = load_rules(settings.rules_file)
-    drafts = plan_drafts(batch, lines, rules, ledger)
+    book = plan_book(batch, lines, rules, ledger)
     scoped = {batch.scope.customer_id} if batch.scope else None  # an event run leaves other customers' drafts be
-    ledger.save_drafts(batch.period, drafts, actor="draft", customers=scoped, rules_hash=rules.content_hash)
-    return ledger.draft_headers(keys=[d.key for d in drafts])
+    ledger.save_drafts(batch.period, book, actor="draft", customers=scoped, rules_hash=rules.content_hash)
+    return ledger.draft_headers(keys=book.keys)
 
 
 def plan_drafts(batch: WorkBatch, lines: pd.DataFrame, rules: RuleSet, ledger: LedgerView) -> list[InvoiceDraft]:
+    """``plan_book``'s drafts as ``InvoiceDraft``s, each line with its explanation."""
+    return plan_book(batch, lines, rules, ledger).drafts(rules)
+
+
+def plan_book(batch: WorkBatch, lines: pd.DataFrame, rules: RuleSet, ledger: LedgerView) -> DraftBook:
     """The drafts the lines make, numbered after the period's posted versions, with caps and prepaid hours
     looking back on the invoices posted so far (of the customers they apply to: no history is read for rules
     without caps and prepaid hours)."""
     looking_back = customers_looking_back(rules, set(lines["customer_id"]) if len(lines) else set())
     history = ledger.drafts(states=[DraftState.POSTED], customers=looking_back) if looking_back else []
-    return group_drafts(batch, lines, rules, ledger.posted_versions(batch.period), history)
+    return draft_book(batch, lines, rules, ledger.posted_versions(batch.period), history)
 
 
 def customers_looking_back(rules: RuleSet, customers: set[str]) -> set[str]:
@@ -370,21 +384,9 @@ def _with_adjustments(book_lines: pd.DataFrame, ordered: pd.DataFrame, rules: Ru
         prior = prior_cap_use(history, customer, currency, period, rules)
         made = adjust(charge_lines, tickets, rules, rules.money_rounding(currency), prior)
         if made:
-            rows = [_adjustment_row(line, str(key), len(draft_lines) + n) for n, line in enumerate(made, start=1)]
+            rows = [row_of(line, str(key), len(draft_lines) + n) for n, line in enumerate(made, start=1)]
             parts.append(pd.DataFrame(rows, columns=list(LINE_COLUMNS)))
     return pd.concat(parts, ignore_index=True)
-
-
-def _adjustment_row(line: ChargeLine, key: str, number: int) -> dict[str, Any]:
-    return dict.fromkeys(LINE_COLUMNS) | {
-        "draft_key": key, "line_no": number, "work_item_keys": (), "source_id": "", "customer_id": line.customer_id,
-        "agreement_id": line.agreement_id, "period": line.period, "currency": line.currency,
-        "service_type": line.service_type, "description": line.description, "quantity_raw": str(line.quantity_raw),
-        "quantity_billed": str(line.quantity_billed), "quantity_centi": int(line.quantity_billed * 100),
-        "unit_price_minor": line.unit_price_minor, "amount_minor": line.amount_minor, "line_kind": "adjustment",
-        "rule": line.trace["rule"], "scope": line.trace.get("scope"), "rate_minor": 0, "multiplier_bp": 0,
-        "raw_seconds": 0, "billed_seconds": 0, "drawn_centi": 0, "prepaid_left_centi": 0, "overage": False,
-    }  # fmt: skip
 
 
 def _header_columns(headers: pd.DataFrame, lines: pd.DataFrame, customers: dict[str, Any],

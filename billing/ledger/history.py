@@ -11,7 +11,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import String, cast, func, literal, select, true
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from billing.ledger.schema import InvoiceDraftRow, InvoiceLineRow
@@ -66,8 +66,8 @@ def customer_history(ledger: Ledger, customer_ids: Iterable[str], before_period:
         InvoiceDraftRow.period < before_period,
     ]
     keys = [InvoiceDraftRow.customer_id, InvoiceDraftRow.currency, InvoiceDraftRow.period]
-    line_kind = func.coalesce(InvoiceLineRow.trace["line_kind"].as_string(), "work")
-    rate_kind = func.coalesce(InvoiceLineRow.trace["rate_kind"].as_string(), "hourly")
+    line_kind = func.coalesce(InvoiceLineRow.line_kind, "work")
+    rate_kind = func.coalesce(InvoiceLineRow.rate_kind, "hourly")
     totals: list[Any] = []
     lines: list[Any] = []
     with Session(ledger.engine) as session:
@@ -99,39 +99,21 @@ def services_billed(ledger: Ledger, customer_ids: Iterable[str], before_period: 
     """Customer → the service types of the lines of its invoices posted for periods before ``before_period``.
 
     Every customer with a posted invoice is a key (with an empty set when its invoices had no lines); a
-    customer missing from the answer was never invoiced. Invoice lines keep no service column, so the
-    services are read from the drafts' documents: by the database's JSON functions on SQLite and
-    PostgreSQL (one query, no document leaves the database), by reading the documents elsewhere.
+    customer missing from the answer was never invoiced. One query per chunk of customers, over the lines'
+    ``service_type`` column.
     """
     customers = sorted(set(customer_ids))
     posted = [InvoiceDraftRow.state == DraftState.POSTED.value, InvoiceDraftRow.period < before_period]
-    dialect = ledger.engine.dialect.name
     out: dict[str, set[str]] = {}
     with Session(ledger.engine) as session:
         for chunk in _chunks(customers):
-            where = [InvoiceDraftRow.customer_id.in_(chunk), *posted]
-            if dialect in ("sqlite", "postgresql"):
-                if dialect == "sqlite":
-                    each = func.json_each(InvoiceDraftRow.document, "$.lines").table_valued("value")
-                    service = func.json_extract(each.c.value, "$.service_type")
-                else:
-                    each = func.json_array_elements(InvoiceDraftRow.document["lines"]).table_valued("value")
-                    service = each.c.value.op("->>")(literal("service_type"))
-                rows = session.execute(
-                    select(InvoiceDraftRow.customer_id, cast(service, String))
-                    .select_from(InvoiceDraftRow)
-                    .outerjoin(each, true())
-                    .where(*where)
-                    .distinct()
-                ).all()
-            else:
-                rows = [
-                    (customer, line.get("service_type") if isinstance(line, dict) else None)
-                    for customer, document in session.execute(
-                        select(InvoiceDraftRow.customer_id, InvoiceDraftRow.document).where(*where)
-                    )
-                    for line in (document.get("lines") or [None])
-                ]
+            rows = session.execute(
+                select(InvoiceDraftRow.customer_id, InvoiceLineRow.service_type)
+                .select_from(InvoiceDraftRow)
+                .outerjoin(InvoiceLineRow, InvoiceLineRow.draft_key == InvoiceDraftRow.key)
+                .where(InvoiceDraftRow.customer_id.in_(chunk), *posted)
+                .distinct()
+            ).all()
             for customer, service in rows:
                 billed = out.setdefault(customer, set())
                 if service is not None:

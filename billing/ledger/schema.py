@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -87,8 +87,15 @@ class InvoiceDraftRow(Base):
     content_hash: Mapped[str] = mapped_column(String(64), default="", server_default="")  # an unchanged redraft keeps
     rules_hash: Mapped[str | None] = mapped_column(String(64))  # the rules file it was priced by
     tax_by: Mapped[str] = mapped_column(String(10), default="rules", server_default="rules")  # rules | erp
+    customer_erp_ref: Mapped[str | None] = mapped_column(String(100))
+    customer_country: Mapped[str | None] = mapped_column(String(10))
+    money_rounding: Mapped[str] = mapped_column(String(20), server_default="half_up")
+    tax_id: Mapped[str] = mapped_column(String(100), server_default="no-tax")
+    tax_rate: Mapped[str] = mapped_column(String(30), server_default="0")  # Decimal as text
+    tax_rounding: Mapped[str] = mapped_column(String(10), server_default="document")
+    tax_base: Mapped[str] = mapped_column(String(10), server_default="displayed")
     state: Mapped[str] = mapped_column(String(20))
-    document: Mapped[dict[str, Any]]  # the full draft as posted (lines, customer, trace)
+    document: Mapped[dict[str, Any] | None]  # drafts of revisions before 0007 only: the columns say it all now
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -99,13 +106,39 @@ class InvoiceLineRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     draft_key: Mapped[str] = mapped_column(ForeignKey("invoice_drafts.key", ondelete="CASCADE"), index=True)
     line_no: Mapped[int] = mapped_column(Integer)
-    work_item_key: Mapped[str] = mapped_column(String(300), index=True)
+    # The line contract (billing.draft_book.LINE_COLUMNS); the draft's row holds customer, period and currency.
+    work_item_key: Mapped[str] = mapped_column(String(300), index=True)  # the first it bills ("": a fee)
+    more_item_keys: Mapped[list[Any] | None] = mapped_column(JSON)  # the others, when it bills several
+    source_id: Mapped[str] = mapped_column(Text, server_default="")
+    service_type: Mapped[str] = mapped_column(String(100), server_default="")
     description: Mapped[str] = mapped_column(Text)
     quantity_raw: Mapped[str] = mapped_column(String(30))  # Decimal as text: exact on every backend
     quantity_billed: Mapped[str] = mapped_column(String(30))
+    quantity_centi: Mapped[int] = mapped_column(BigInteger, server_default="0")
     unit_price_minor: Mapped[int] = mapped_column(BigInteger)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
-    trace: Mapped[dict[str, Any]]
+    tax_id: Mapped[str | None] = mapped_column(String(100))  # a tax of its own, else the draft's
+    tax_rate: Mapped[str | None] = mapped_column(String(30))
+    # How the amount came about: what the line's explanation is written from.
+    line_kind: Mapped[str] = mapped_column(String(20), server_default="work")  # work, usage, fee, ..., adjustment
+    rules: Mapped[str | None] = mapped_column(String(200))
+    rate_minor: Mapped[int | None] = mapped_column(BigInteger)
+    rate_source: Mapped[str | None] = mapped_column(String(200))
+    rate_kind: Mapped[str | None] = mapped_column(String(20))
+    modifier: Mapped[str | None] = mapped_column(String(50))
+    multiplier_bp: Mapped[int | None] = mapped_column(BigInteger)
+    raw_seconds: Mapped[int | None] = mapped_column(BigInteger)
+    billed_seconds: Mapped[int | None] = mapped_column(BigInteger)
+    money_rounding: Mapped[str | None] = mapped_column(String(20))
+    ticket: Mapped[str | None] = mapped_column(String(200))
+    agreement: Mapped[str | None] = mapped_column(String(100))
+    prepaid_agreement: Mapped[str | None] = mapped_column(String(100))
+    drawn_centi: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    prepaid_left_centi: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    overage: Mapped[bool] = mapped_column(server_default=false())
+    rule: Mapped[str | None] = mapped_column(String(100))  # the cap or discount of an adjustment
+    scope: Mapped[str | None] = mapped_column(String(200))
+    trace: Mapped[dict[str, Any] | None]  # lines of revisions before 0007 only
 
 
 class Approval(Base):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import cache
@@ -15,10 +13,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
-    CursorResult,
     Engine,
     Update,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -33,6 +31,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from billing.draft_book import HEADER_COLUMNS, LINE_COLUMNS, DraftBook, book_of, content_hashes
 from billing.errors import UserFacingError
 from billing.ledger.locks import Lease, abandoned, hold, remove
 from billing.ledger.schema import (
@@ -52,10 +51,14 @@ from billing.ledger.schema import (
     utcnow,
 )
 from billing.models import ApprovalDecision, DraftState, InvoiceDraft, PostingReceipt
+from rules.schema import RuleSet
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 CHUNK = 500  # keys per IN (...) clause: SQLite allows 32k parameters, PostgreSQL 65k
-DERIVED = {"_hash", *InvoiceDraft.model_computed_fields}  # stored for readers, recomputed on load
+# The line contract's columns a line's row holds (its draft's row holds customer, agreement, period, currency).
+LINE_STORED: tuple[str, ...] = tuple(
+    c for c in LINE_COLUMNS if c not in ("work_item_keys", "customer_id", "agreement_id", "period", "currency")
+)
 UNPOSTED_DRAFT_STATES = (DraftState.DRAFTED, DraftState.APPROVED, DraftState.REJECTED)
 DRAFT_HEADER_COLUMNS: tuple[str, ...] = (
     "key", "customer_id", "customer_name", "agreement_id", "period", "currency", "version", "state", "total_minor",
@@ -172,13 +175,18 @@ class ClaimConflict(UserFacingError):
         )
 
 
-def _draft_of(document: dict[str, Any]) -> InvoiceDraft:
-    return InvoiceDraft.model_validate({k: v for k, v in document.items() if k not in DERIVED})
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """A frame's rows as dicts for an executemany: missing values as None, numbers as Python's own."""
+    return cast(list[dict[str, Any]], frame.astype(object).where(frame.notna(), None).to_dict("records"))
 
 
-def document_hash(draft: InvoiceDraft) -> str:
-    payload = json.dumps(draft.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+def _item_keys_of(session: Session, draft_keys: Sequence[str]) -> list[str]:
+    """The work items the lines of these drafts bill."""
+    keys: list[str] = []
+    for first, more in session.execute(select(InvoiceLineRow.work_item_key, InvoiceLineRow.more_item_keys)
+                                       .where(InvoiceLineRow.draft_key.in_(draft_keys))):  # fmt: skip
+        keys += [first, *(more or ())] if first else []
+    return keys
 
 
 class Ledger:
@@ -402,11 +410,11 @@ class Ledger:
     def save_drafts(
         self,
         period: str,
-        drafts: Sequence[InvoiceDraft],
+        drafts: DraftBook | Sequence[InvoiceDraft],
         actor: str,
         customers: Collection[str] | None = None,
         rules_hash: str | None = None,
-    ) -> list[InvoiceDraft]:
+    ) -> None:
         """Make ``drafts`` the period's unposted drafts (of ``customers`` only, when given), in one transaction.
 
         A draft whose content is unchanged keeps its state (and so its approval); a changed one replaces
@@ -415,18 +423,22 @@ class Ledger:
         claims its work items in the same transaction: only items no other draft holds and that are not
         billed. Should any be held (another run of the period drafted or posted them meanwhile), nothing
         is saved and ``ClaimConflict`` says which: nothing is ever billed twice, even without the run lock.
+        Drafts and lines are written in bulk, work items claimed by statements per chunk of drafts.
         """
-        wanted = {d.key: d for d in drafts}
+        book = drafts if isinstance(drafts, DraftBook) else book_of(drafts)
+        hashes = dict(zip(book.headers["key"], content_hashes(book), strict=True))
         unposted = [s.value for s in UNPOSTED_DRAFT_STATES]
         with self.session() as session:
             existing = {
-                row.key: row
-                for row in session.scalars(
-                    select(InvoiceDraftRow).where(InvoiceDraftRow.period == period, InvoiceDraftRow.state.in_(unposted))
+                key: content_hash
+                for key, customer, content_hash in session.execute(
+                    select(InvoiceDraftRow.key, InvoiceDraftRow.customer_id, InvoiceDraftRow.content_hash).where(
+                        InvoiceDraftRow.period == period, InvoiceDraftRow.state.in_(unposted)
+                    )
                 )
-                if customers is None or row.customer_id in customers
+                if customers is None or customer in customers
             }
-            keep = {k for k, row in existing.items() if k in wanted and row.content_hash == document_hash(wanted[k])}
+            keep = {key for key, content_hash in existing.items() if hashes.get(key) == content_hash}
             stale = [k for k in existing if k not in keep]
             for chunk in _chunks(stale):  # only while still unposted: a draft posted meanwhile stays as it is
                 still = select(InvoiceDraftRow.key).where(InvoiceDraftRow.key.in_(chunk),
@@ -439,82 +451,88 @@ class Ledger:
                 session.execute(delete(InvoiceLineRow).where(InvoiceLineRow.draft_key.in_(still)))
                 session.execute(delete(InvoiceDraftRow).where(InvoiceDraftRow.key.in_(still)))
             self._audit(session, actor, "draft_replaced", "invoice_draft", ((k, None) for k in stale))
-
-            new = [d for k, d in wanted.items() if k not in keep]
-            self._claim(session, new)
-            for draft in new:
-                self._insert_draft(session, period, draft, actor, rules_hash)
             # Items on a kept draft keep their state (drafted or approved); nothing to do for them.
-        return list(drafts)
+            new = book.headers[~book.headers["key"].isin(keep)]
+            if len(new):
+                self._insert_drafts(session, period, new, book.lines[book.lines["draft_key"].isin(set(new["key"]))],
+                                    hashes, rules_hash, actor)  # fmt: skip
+
+    def _insert_drafts(self, session: Session, period: str, headers: pd.DataFrame, lines: pd.DataFrame,
+                       hashes: dict[str, str], rules_hash: str | None, actor: str) -> None:  # fmt: skip
+        """The new drafts' rows and lines in bulk, then their work items claimed (``_claim``)."""
+        keys = self._write_rows(session, period, headers, lines, hashes, rules_hash)
+        self._claim(session, list(headers["key"]), len({k for line in keys for k in line}))
+        totals = zip(headers["key"], headers["total_minor"], headers["line_count"], strict=True)
+        self._audit(session, actor, "drafted", "invoice_draft",
+                    [(k, {"total_minor": int(t), "lines": int(n)}) for k, t, n in totals])  # fmt: skip
 
     @staticmethod
-    def _claim(session: Session, drafts: Sequence[InvoiceDraft]) -> None:
-        """Mark the drafts' work items drafted, each only if no draft holds it and it is not billed; the
+    def _write_rows(session: Session, period: str, headers: pd.DataFrame, lines: pd.DataFrame,
+                    hashes: dict[str, str], rules_hash: str | None) -> list[tuple[str, ...]]:  # fmt: skip
+        """Insert the drafts' rows and their lines (executemany in chunks); the work items each line bills."""
+        now = utcnow()
+        rows = _records(headers[[c for c in HEADER_COLUMNS if c != "line_count"]])
+        for row, count in zip(rows, headers["line_count"], strict=True):
+            row.update(period=period, line_count=int(count), content_hash=hashes[row["key"]], rules_hash=rules_hash,
+                       state=DraftState.DRAFTED.value, created_at=now, updated_at=now)  # fmt: skip
+        session.execute(insert(InvoiceDraftRow), rows)
+        keys = lines["work_item_keys"].tolist()
+        stored = lines[[c for c in LINE_STORED if c in lines]].assign(
+            work_item_key=[k[0] if len(k) else "" for k in keys], more_item_keys=[list(k[1:]) or None for k in keys]
+        )  # fmt: skip
+        for chunk in _chunks(_records(stored), 20_000):
+            session.execute(insert(InvoiceLineRow), chunk)
+        return keys
+
+    @staticmethod
+    def _claim(session: Session, draft_keys: Sequence[str], expected: int) -> None:
+        """Point the new drafts' work items at their lines and mark them drafted, each only if no draft holds it
+        and it is not billed: by statements per chunk of drafts, then one count of what was claimed. The
         conditional update is exact under concurrency (SQLite serializes writers, PostgreSQL re-checks the
         condition on rows another transaction changed)."""
-        keys = sorted({k for d in drafts for line in d.lines for k in line.work_item_keys})
+        free = and_(WorkItem.line_id.is_(None), *(WorkItem.state != s.value for s in BILLED_STATES))
+        now = utcnow()
         claimed = 0
-        for chunk in _chunks(keys):
-            claimed += cast(CursorResult[Any], session.execute(
+        for chunk in _chunks(draft_keys):
+            lines = select(InvoiceLineRow.id).where(InvoiceLineRow.draft_key.in_(chunk))
+            first = (
+                select(InvoiceLineRow.id)
+                .where(InvoiceLineRow.work_item_key == WorkItem.key, InvoiceLineRow.draft_key.in_(chunk))
+                .order_by(InvoiceLineRow.id)
+                .limit(1)
+            )  # an item several lines bill (usage tiers) is on the first
+            session.execute(
                 update(WorkItem)
-                .where(WorkItem.key.in_(chunk), WorkItem.line_id.is_(None),
-                       WorkItem.state.not_in([s.value for s in BILLED_STATES]))
-                .values(state=WorkState.DRAFTED.value, updated_at=utcnow())
+                .where(WorkItem.key.in_(select(InvoiceLineRow.work_item_key).where(InvoiceLineRow.draft_key.in_(chunk),
+                                                                                   InvoiceLineRow.work_item_key != "")),
+                       free)
+                .values(line_id=first.scalar_subquery(), state=WorkState.DRAFTED.value, updated_at=now)
                 .execution_options(synchronize_session=False)
-            )).rowcount  # fmt: skip
-        if claimed == len(keys):
+            )  # fmt: skip
+            several = session.execute(select(InvoiceLineRow.id, InvoiceLineRow.more_item_keys).where(
+                InvoiceLineRow.draft_key.in_(chunk), InvoiceLineRow.more_item_keys.is_not(None))).all()  # fmt: skip
+            pairs = [{"item": key, "line": line_id} for line_id, more in several for key in more or ()]
+            if pairs:
+                session.execute(  # by the table, not the entity: an executemany, not the ORM's update by key
+                    update(WorkItem.__table__).where(WorkItem.key == bindparam("item"), free)
+                    .values(line_id=bindparam("line"), state=WorkState.DRAFTED.value, updated_at=now)
+                    .execution_options(synchronize_session=False), pairs,
+                )  # fmt: skip
+            claimed += int(session.scalar(select(func.count()).select_from(WorkItem)
+                                          .where(WorkItem.line_id.in_(lines))) or 0)  # fmt: skip
+        if claimed == expected:
             return
+        keys = sorted({k for chunk in _chunks(draft_keys) for k in _item_keys_of(session, chunk)})
         held: list[tuple[str, str | None, str]] = []
         for chunk in _chunks(keys):
             held += session.execute(
                 select(WorkItem.key, InvoiceLineRow.draft_key, WorkItem.state)
                 .outerjoin(InvoiceLineRow, InvoiceLineRow.id == WorkItem.line_id)
-                .where(WorkItem.key.in_(chunk),
+                .where(WorkItem.key.in_(chunk), InvoiceLineRow.draft_key.not_in(draft_keys)
+                       | InvoiceLineRow.draft_key.is_(None),
                        (WorkItem.line_id.is_not(None)) | WorkItem.state.in_([s.value for s in BILLED_STATES]))
             ).tuples().all()  # fmt: skip
-        raise ClaimConflict(held, missing=len(keys) - claimed - len(held))
-
-    def _insert_draft(
-        self, session: Session, period: str, draft: InvoiceDraft, actor: str, rules_hash: str | None
-    ) -> None:
-        content_hash = document_hash(draft)
-        session.add(
-            InvoiceDraftRow(
-                key=draft.key, customer_id=draft.customer_id, agreement_id=draft.agreement_id, period=period,
-                currency=draft.currency, version=draft.version, total_minor=draft.total_minor,
-                tax_minor=draft.tax_minor, gross_minor=draft.gross_minor, line_count=len(draft.lines),
-                customer_name=draft.customer_name, content_hash=content_hash, rules_hash=rules_hash,
-                tax_by=draft.tax_by,
-                state=DraftState.DRAFTED.value, document=draft.model_dump(mode="json") | {"_hash": content_hash},
-            )
-        )  # fmt: skip
-        session.flush()
-        line_rows = [
-            {
-                "draft_key": draft.key,
-                "line_no": no,
-                "work_item_key": line.work_item_keys[0] if line.work_item_keys else "",  # the first
-                "description": line.description,
-                "quantity_raw": str(line.quantity_raw),
-                "quantity_billed": str(line.quantity_billed),
-                "unit_price_minor": line.unit_price_minor,
-                "amount_minor": line.amount_minor,
-                "trace": line.trace,
-            }
-            for no, line in enumerate(draft.lines, start=1)
-        ]
-        ids = session.scalars(
-            insert(InvoiceLineRow).returning(InvoiceLineRow.id, sort_by_parameter_order=True), line_rows
-        ).all()
-        items = [
-            {"key": item, "line_id": line_id}
-            for line, line_id in zip(draft.lines, ids, strict=True)
-            for item in line.work_item_keys
-        ]
-        if items:
-            session.execute(update(WorkItem), items)
-        self._audit(session, actor, "drafted", "invoice_draft",
-                    [(draft.key, {"total_minor": draft.total_minor, "lines": len(draft.lines)})])  # fmt: skip
+        raise ClaimConflict(held, missing=expected - claimed - len(held))
 
     def draft_states(self, keys: Iterable[str]) -> dict[str, DraftState]:
         keys = list(keys)
@@ -547,28 +565,58 @@ class Ledger:
         frame = pd.DataFrame(rows, columns=list(DRAFT_HEADER_COLUMNS))
         return frame.sort_values("key", ignore_index=True) if keys is not None else frame
 
+    def book(
+        self,
+        period: str | None = None,
+        states: Iterable[DraftState] | None = None,
+        keys: Iterable[str] | None = None,
+        customers: Iterable[str] | None = None,
+    ) -> DraftBook:
+        """The drafts and their lines as frames (``keys``, ``customers``: only these), ordered by key and line."""
+        query = select(*(getattr(InvoiceDraftRow, c) for c in HEADER_COLUMNS)).order_by(InvoiceDraftRow.key)
+        if period is not None:
+            query = query.where(InvoiceDraftRow.period == period)
+        if states is not None:
+            query = query.where(InvoiceDraftRow.state.in_([s.value for s in states]))
+        line_columns = [getattr(InvoiceLineRow, c) for c in LINE_STORED]
+        read = [*line_columns, InvoiceLineRow.work_item_key, InvoiceLineRow.more_item_keys]
+        with self.engine.connect() as connection:
+            if keys is None and customers is None:
+                headers = connection.execute(query).all()
+                lines = connection.execute(select(*read).where(InvoiceLineRow.draft_key.in_(
+                    query.with_only_columns(InvoiceDraftRow.key).order_by(None)))).all()  # fmt: skip
+            else:
+                column = InvoiceDraftRow.key if keys is not None else InvoiceDraftRow.customer_id
+                wanted = list(dict.fromkeys(keys if keys is not None else customers))  # type: ignore[arg-type]
+                headers, lines = [], []
+                for chunk in _chunks(wanted):
+                    found = connection.execute(query.where(column.in_(chunk))).all()
+                    headers += found
+                    for part in _chunks([h[0] for h in found]):
+                        lines += connection.execute(select(*read).where(InvoiceLineRow.draft_key.in_(part))).all()
+        head = pd.DataFrame(headers, columns=list(HEADER_COLUMNS)).sort_values("key", ignore_index=True)
+        frame = pd.DataFrame(lines, columns=[*LINE_STORED, "work_item_key", "more_item_keys"])
+        pairs = zip(frame["work_item_key"], frame["more_item_keys"], strict=True)
+        frame["work_item_keys"] = [(first, *(more or ())) if first else () for first, more in pairs]
+        of = head.set_index("key")
+        frame = frame.assign(customer_id=frame["draft_key"].map(of["customer_id"]),
+                             agreement_id=frame["draft_key"].map(of["agreement_id"]),
+                             period=frame["draft_key"].map(of["period"]),
+                             currency=frame["draft_key"].map(of["currency"]))  # fmt: skip
+        frame = frame.sort_values(["draft_key", "line_no"], ignore_index=True)
+        return DraftBook(headers=head, lines=frame[list(LINE_COLUMNS)])
+
     def drafts(
         self,
         period: str | None = None,
         states: Iterable[DraftState] | None = None,
         keys: Iterable[str] | None = None,
         customers: Iterable[str] | None = None,
+        rules: RuleSet | None = None,
     ) -> list[InvoiceDraft]:
-        """The drafts with their lines, ordered by key (``keys``, ``customers``: only these)."""
-        query = select(InvoiceDraftRow.document).order_by(InvoiceDraftRow.key)
-        if period is not None:
-            query = query.where(InvoiceDraftRow.period == period)
-        if states is not None:
-            query = query.where(InvoiceDraftRow.state.in_([s.value for s in states]))
-        if keys is not None or customers is not None:
-            column = InvoiceDraftRow.key if keys is not None else InvoiceDraftRow.customer_id
-            wanted = list(dict.fromkeys(keys if keys is not None else customers))  # type: ignore[arg-type]
-            with Session(self.engine) as session:
-                documents = [d for chunk in _chunks(wanted) for d in session.scalars(query.where(column.in_(chunk)))]
-            documents.sort(key=lambda d: str(d.get("key")))
-            return [_draft_of(document) for document in documents]
-        with Session(self.engine) as session:
-            return [_draft_of(document) for document in session.scalars(query)]
+        """The drafts with their lines, ordered by key (``keys``, ``customers``: only these); with ``rules``,
+        each line's explanation written from them."""
+        return self.book(period, states, keys, customers).drafts(rules)
 
     # -- approvals and postings --------------------------------------------------------------------
 
