@@ -103,7 +103,7 @@ def trace_of(row: Mapping[str, Any], rules: RuleSet | None = None) -> dict[str, 
         trace: dict[str, Any] = {"rule": row["rule"], "explanation": row["description"], "line_kind": "adjustment"}
         return trace | ({"scope": row["scope"]} if _present(row["scope"]) else {})
     trace = {name: _plain(row[name]) for name in PRICED_TRACE}
-    if rules is not None and _present(row["rate_minor"]):  # a line made by hand (a test's) has nothing to explain
+    if rules is not None and _present(row["rate_source"]):  # a line made by hand (a test's) has nothing to explain
         trace["explanation"] = explanation(row, rules)
     if int(row["drawn_centi"] or 0) > 0:
         trace["prepaid"] = {"agreement": row["prepaid_agreement"], "drawn_centi": int(row["drawn_centi"]),
@@ -201,10 +201,11 @@ def row_of(line: ChargeLine, key: str, number: int) -> dict[str, Any]:
         "amount_minor": line.amount_minor, "tax_id": line.tax_id,
         "tax_rate": None if line.tax_rate is None else str(line.tax_rate),
         "line_kind": trace.get("line_kind") or "work", "rules": trace.get("rules"),
-        "rate_minor": trace.get("rate_minor"), "rate_source": trace.get("rate_source"),
+        # numbers a line made by hand or by a rule may not have are 0: a column of whole numbers stays one
+        "rate_minor": int(trace.get("rate_minor") or 0), "rate_source": trace.get("rate_source"),
         "rate_kind": trace.get("rate_kind"), "modifier": trace.get("modifier"),
-        "multiplier_bp": trace.get("multiplier_bp"), "raw_seconds": trace.get("raw_seconds"),
-        "billed_seconds": trace.get("billed_seconds"), "money_rounding": trace.get("money_rounding"),
+        "multiplier_bp": int(trace.get("multiplier_bp") or 0), "raw_seconds": int(trace.get("raw_seconds") or 0),
+        "billed_seconds": int(trace.get("billed_seconds") or 0), "money_rounding": trace.get("money_rounding"),
         "ticket": trace.get("ticket"), "agreement": trace.get("agreement"),
         "prepaid_agreement": prepaid.get("agreement") or trace.get("overage"),
         "drawn_centi": int(prepaid.get("drawn_centi") or 0), "prepaid_left_centi": int(prepaid.get("left_centi") or 0),

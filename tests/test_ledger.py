@@ -210,3 +210,27 @@ def test_approving_and_posting_many_drafts_updates_their_work_items_by_index_in_
     assert {sid for sid, state in states.items() if state == WorkState.POSTED.value} == \
         {sid for n, sid in enumerate(ids) if n % 3 != 0}  # fmt: skip
     assert {sid for sid, state in states.items() if state == WorkState.DRAFTED.value} == set(ids[::3])
+
+
+def test_state_changes_are_audited_in_batches_and_found_per_item(ledger: Ledger) -> None:
+    """A period's items cost a few audit rows, not one per item and state; each item's history is still found."""
+    odd = "files:x:worklog:50%_off\"q\\"  # LIKE's and JSON's special characters in a key
+    keys = [f"files:x:worklog:W{n:05d}" for n in range(25_000)] + [odd]
+    frame = pd.DataFrame({"key": keys, "source_system": "files", "instance": "x", "object_type": "worklog",
+                          "source_id": [k.rsplit(":", 1)[1] for k in keys], "customer_id": "ACME",
+                          "period": "2026-10", "content_hash": "h"})  # fmt: skip
+    ledger.register(frame, actor="extract")
+    ledger.set_state(keys[:20_000], WorkState.PRICED, actor="price")
+    ledger.set_state(keys[20_000:], WorkState.NON_BILLABLE, actor="price", reasons=["internal"] * 5_001)
+    entries = ledger.audit_log()
+    # extracted: 3 entries of at most 10,000 keys; priced: 2; non-billable (one reason): 1
+    assert [(e.action, len(e.detail["keys"])) for e in entries] == [
+        ("extracted", 10_000), ("extracted", 10_000), ("extracted", 5_001), ("priced", 10_000), ("priced", 10_000),
+        ("non_billable", 5_001),
+    ]  # fmt: skip
+    assert entries[-1].detail["reason"] == "internal"
+    assert [e.action for e in ledger.audit_log("files:x:worklog:W00007")] == ["extracted", "priced"]
+    assert [e.action for e in ledger.audit_log(odd)] == ["extracted", "non_billable"]
+    assert ledger.audit_log("files:x:worklog:W0000") == []  # a prefix of keys names no item
+    states = ledger.work_items("2026-10").set_index("key")["state"]
+    assert (states[keys[:20_000]] == "priced").all() and (states[keys[20_000:]] == "non_billable").all()

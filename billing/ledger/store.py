@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pandas as pd
 from alembic import command
@@ -14,6 +16,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
     Engine,
+    Text,
     Update,
     and_,
     bindparam,
@@ -22,10 +25,12 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     text,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -55,6 +60,8 @@ from rules.schema import RuleSet
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 CHUNK = 500  # keys per IN (...) clause: SQLite allows 32k parameters, PostgreSQL 65k
+AUDIT_BATCH = 10_000  # work item keys per audit entry of a batch
+BATCH = "(batch)"  # the entity_key of an audit entry about many items, whose keys are in its detail
 # The line contract's columns a line's row holds (its draft's row holds customer, agreement, period, currency).
 LINE_STORED: tuple[str, ...] = tuple(
     c for c in LINE_COLUMNS if c not in ("work_item_keys", "customer_id", "agreement_id", "period", "currency")
@@ -177,7 +184,12 @@ class ClaimConflict(UserFacingError):
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """A frame's rows as dicts for an executemany: missing values as None, numbers as Python's own."""
-    return cast(list[dict[str, Any]], frame.astype(object).where(frame.notna(), None).to_dict("records"))
+    columns = {name: [None if _missing(v) else v for v in frame[name].tolist()] for name in frame.columns}
+    return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
 
 
 def _item_keys_of(session: Session, draft_keys: Sequence[str]) -> list[str]:
@@ -232,11 +244,27 @@ class Ledger:
         if entries:
             session.execute(insert(AuditEntry), entries)
 
+    @staticmethod
+    def _audit_batch(session: Session, actor: str, action: str, entity: str, keys: Sequence[str],
+                     detail: dict[str, Any] | None = None) -> None:  # fmt: skip
+        """One entry per ``AUDIT_BATCH`` keys, the keys in its detail (``entity_key`` is ``BATCH``): what happened
+        to a period's items costs a few rows, and ``audit_log(key)`` still finds each item's."""
+        now = utcnow()
+        entries = [{"actor": actor, "action": action, "entity": entity, "entity_key": BATCH, "at": now,
+                    "detail": (detail or {}) | {"keys": list(chunk)}}
+                   for chunk in _chunks(keys, AUDIT_BATCH)]  # fmt: skip
+        if entries:
+            session.execute(insert(AuditEntry.__table__), entries)
+
     def audit_log(self, entity_key: str | None = None) -> list[AuditEntry]:
+        """Every entry, or those about ``entity_key``: its own and the batches naming it."""
         with Session(self.engine) as session:
             query = select(AuditEntry).order_by(AuditEntry.id)
             if entity_key is not None:
-                query = query.where(AuditEntry.entity_key == entity_key)
+                named = "%" + re.sub(r"([\\%_])", r"\\\1", json.dumps(entity_key)) + "%"  # as the JSON says it
+                as_text = sql_cast(AuditEntry.detail, Text)
+                in_batch = and_(AuditEntry.entity_key == BATCH, as_text.like(named, escape="\\"))
+                query = query.where(or_(AuditEntry.entity_key == entity_key, in_batch))
             return list(session.scalars(query))
 
     # -- work items ------------------------------------------------------------------------------
@@ -285,8 +313,8 @@ class Ledger:
                     record.update(state=WorkState.EXTRACTED.value, first_seen_at=now, updated_at=now)
                     if record.get("ticket_id") is not None and pd.isna(record["ticket_id"]):
                         record["ticket_id"] = None
-                session.execute(insert(WorkItem), records)
-                self._audit(session, actor, "extracted", "work_item", ((r["key"], None) for r in records))
+                session.execute(insert(WorkItem.__table__), records)
+                self._audit_batch(session, actor, "extracted", "work_item", [r["key"] for r in records])
 
             # Known, not yet billed: take the newest content and start over from "extracted".
             again = items[prior_state.notna() & ~billed]
@@ -343,26 +371,36 @@ class Ledger:
         reasons: Sequence[str | None] | None = None,
         details: Sequence[dict[str, Any] | None] | None = None,
     ) -> None:
+        """Move work items to ``state`` (each with its reason and details), unless billed meanwhile. Items alike
+        (one reason, no details) move by a statement per chunk of keys and are audited in batches; items with
+        details of their own (a quarantine's failed checks: few) row by row."""
         if not len(keys):
             return
         reasons = reasons if reasons is not None else [None] * len(keys)
-        details = details if details is not None else [None] * len(keys)
         now = utcnow()
         with self.session() as session:
-            session.execute(
-                _unbilled_only(update(WorkItem)),
-                [
-                    {"key": k, "state": state.value, "reason": r, "details": d, "updated_at": now}
-                    for k, r, d in zip(keys, reasons, details, strict=True)
-                ],
-            )
-            self._audit(
-                session,
-                actor,
-                state.value,
-                "work_item",
-                ((k, {"reason": r} if r else None) for k, r in zip(keys, reasons, strict=True)),
-            )
+            if details is not None:
+                session.execute(
+                    _unbilled_only(update(WorkItem)),
+                    [{"key": k, "state": state.value, "reason": r, "details": d, "updated_at": now}
+                     for k, r, d in zip(keys, reasons, details, strict=True)],
+                )  # fmt: skip
+                pairs = zip(keys, reasons, strict=True)
+                self._audit(session, actor, state.value, "work_item",
+                            ((k, {"reason": r} if r else None) for k, r in pairs))  # fmt: skip
+                return
+            by_reason: dict[str | None, list[str]] = {}
+            for key, reason in zip(keys, reasons, strict=True):
+                by_reason.setdefault(reason, []).append(key)
+            for reason, alike in by_reason.items():
+                for chunk in _chunks(alike):
+                    session.execute(
+                        _unbilled_only(update(WorkItem))
+                        .where(WorkItem.key.in_(chunk))
+                        .values(state=state.value, reason=reason, details=None, updated_at=now)
+                    )
+                self._audit_batch(session, actor, state.value, "work_item", alike,
+                                  {"reason": reason} if reason else None)  # fmt: skip
 
     def billed_keys(self, keys: Iterable[str]) -> set[str]:
         """Which of these work items are billed (posted or reconciled)."""
@@ -475,13 +513,13 @@ class Ledger:
         for row, count in zip(rows, headers["line_count"], strict=True):
             row.update(period=period, line_count=int(count), content_hash=hashes[row["key"]], rules_hash=rules_hash,
                        state=DraftState.DRAFTED.value, created_at=now, updated_at=now)  # fmt: skip
-        session.execute(insert(InvoiceDraftRow), rows)
+        session.execute(insert(InvoiceDraftRow.__table__), rows)  # by the table: a plain executemany
         keys = lines["work_item_keys"].tolist()
         stored = lines[[c for c in LINE_STORED if c in lines]].assign(
             work_item_key=[k[0] if len(k) else "" for k in keys], more_item_keys=[list(k[1:]) or None for k in keys]
         )  # fmt: skip
         for chunk in _chunks(_records(stored), 20_000):
-            session.execute(insert(InvoiceLineRow), chunk)
+            session.execute(insert(InvoiceLineRow.__table__), chunk)
         return keys
 
     @staticmethod
