@@ -64,6 +64,12 @@ class DraftBook:
     def keys(self) -> list[str]:
         return list(self.headers["key"])
 
+    def only(self, keys: Iterable[str]) -> DraftBook:
+        """The book of these drafts alone."""
+        wanted = set(keys)
+        return DraftBook(self.headers[self.headers["key"].isin(wanted)].reset_index(drop=True),
+                         self.lines[self.lines["draft_key"].isin(wanted)].reset_index(drop=True))  # fmt: skip
+
     def drafts(self, rules: RuleSet | None = None, keys: Iterable[str] | None = None) -> list[InvoiceDraft]:
         """The drafts as ``InvoiceDraft``s (``keys``: only these), each line's explanation written from the
         ``rules`` when given."""
@@ -103,6 +109,8 @@ def trace_of(row: Mapping[str, Any], rules: RuleSet | None = None) -> dict[str, 
         trace: dict[str, Any] = {"rule": row["rule"], "explanation": row["description"], "line_kind": "adjustment"}
         return trace | ({"scope": row["scope"]} if _present(row["scope"]) else {})
     trace = {name: _plain(row[name]) for name in PRICED_TRACE}
+    if row["line_kind"] == "credit":
+        trace["credit"] = True
     if rules is not None and _present(row["rate_source"]):  # a line made by hand (a test's) has nothing to explain
         trace["explanation"] = explanation(row, rules)
     if int(row["drawn_centi"] or 0) > 0:
@@ -200,7 +208,8 @@ def row_of(line: ChargeLine, key: str, number: int) -> dict[str, Any]:
         "quantity_centi": int(line.quantity_billed * 100), "unit_price_minor": line.unit_price_minor,
         "amount_minor": line.amount_minor, "tax_id": line.tax_id,
         "tax_rate": None if line.tax_rate is None else str(line.tax_rate),
-        "line_kind": trace.get("line_kind") or "work", "rules": trace.get("rules"),
+        "line_kind": "credit" if trace.get("credit") is True else trace.get("line_kind") or "work",
+        "rules": trace.get("rules"),
         # numbers a line made by hand or by a rule may not have are 0: a column of whole numbers stays one
         "rate_minor": int(trace.get("rate_minor") or 0), "rate_source": trace.get("rate_source"),
         "rate_kind": trace.get("rate_kind"), "modifier": trace.get("modifier"),

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from billing.draft_book import DraftBook, book_of
 from billing.models import InvoiceDraft, PostingFailure, PostingReceipt
 from billing.money import to_decimal
 
@@ -83,48 +84,53 @@ class FileErp:
         return self._receipt(json.loads(path.read_text(encoding="utf-8")), already_existed=True)
 
     def post(self, drafts: Sequence[InvoiceDraft]) -> tuple[list[PostingReceipt], list[PostingFailure]]:
+        return self.post_book(book_of(drafts))
+
+    def post_book(self, book: DraftBook) -> tuple[list[PostingReceipt], list[PostingFailure]]:
+        """Post a book of drafts: each draft's document written from its columns (no ``InvoiceDraft`` made),
+        then the period's import file rebuilt once."""
         receipts: list[PostingReceipt] = []
         failures: list[PostingFailure] = []
+        lines_of = _lines_by_draft(book)
         with self._lock():
-            for draft in drafts:
+            for header in book.headers.to_dict("records"):
                 try:
-                    receipts.append(self.find(draft.key) or self._write(draft))
+                    receipts.append(self.find(header["key"]) or self._write(header, lines_of.get(header["key"], [])))
                 except OSError as exc:
-                    failures.append(PostingFailure(draft_key=draft.key, erp=self.name, error=str(exc)))
-            for period in sorted({d.period for d in drafts}):
+                    failures.append(PostingFailure(draft_key=header["key"], erp=self.name, error=str(exc)))
+            for period in sorted(set(book.headers["period"])):
                 self._write_import_csv(period)
         return receipts, failures
 
-    def _write(self, draft: InvoiceDraft) -> PostingReceipt:
+    def _write(self, draft: dict[str, Any], lines: list[dict[str, Any]]) -> PostingReceipt:
         now = datetime.now(UTC)
-        cur = draft.currency
+        cur = draft["currency"]
         document = {
-            "external_reference": draft.key,
-            "number": self._next_number(draft.period[:4]),
+            "external_reference": draft["key"],
+            "number": self._next_number(draft["period"][:4]),
             "posted_at": now.isoformat(),
             "invoice_date": now.date().isoformat(),
-            "period": draft.period,
-            "customer": {"id": draft.customer_id, "name": draft.customer_name, "erp_ref": draft.customer_erp_ref},
-            "agreement": draft.agreement_id,
+            "period": draft["period"],
+            "customer": {"id": draft["customer_id"], "name": draft["customer_name"],
+                         "erp_ref": draft["customer_erp_ref"] or None},
+            "agreement": draft["agreement_id"],
             "currency": cur,
-            "lines": [
-                {"line_no": no, "source_id": line.source_id, "description": line.description,
-                 "quantity": str(line.quantity_billed), "unit_price": str(to_decimal(line.unit_price_minor, cur)),
-                 "amount": str(to_decimal(line.amount_minor, cur)), "amount_minor": line.amount_minor,
-                 "tax_id": line.tax_id or draft.tax_id, "tax_rate": str(draft.rate_of(line))}
-                for no, line in enumerate(draft.lines, start=1)
-            ],
-            "untaxed": str(to_decimal(draft.total_minor, cur)),
-            "untaxed_minor": draft.total_minor,
-            "tax": {"id": draft.tax_id, "rate": str(draft.tax_rate), "rounding": draft.tax_rounding,
-                    "computed_by": draft.tax_by,
-                    "amount": str(to_decimal(draft.tax_minor, cur)), "amount_minor": draft.tax_minor},
-            "gross": str(to_decimal(draft.gross_minor, cur)),
-            "gross_minor": draft.gross_minor,
+            "lines": lines,
+            "untaxed": str(to_decimal(int(draft["total_minor"]), cur)),
+            "untaxed_minor": int(draft["total_minor"]),
+            "tax": {"id": draft["tax_id"], "rate": draft["tax_rate"], "rounding": draft["tax_rounding"],
+                    "computed_by": draft["tax_by"],
+                    "amount": str(to_decimal(int(draft["tax_minor"]), cur)), "amount_minor": int(draft["tax_minor"])},
+            "gross": str(to_decimal(int(draft["gross_minor"]), cur)),
+            "gross_minor": int(draft["gross_minor"]),
         }  # fmt: skip
-        path = self._path(draft.key)
+        path = self._path(draft["key"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        # One line per invoice line: readable, and written by the json module's C encoder (indent= is pure Python).
+        text = json.dumps({**document, "lines": []}, indent=2, ensure_ascii=False)
+        body = ",\n".join("    " + json.dumps(line, ensure_ascii=False) for line in lines)
+        text = text.replace('"lines": []', '"lines": [\n' + body + "\n  ]" if lines else '"lines": []', 1)
+        _write_atomically(path, text + "\n")
         return self._receipt(document, already_existed=False)
 
     def documents(self, period: str) -> list[dict[str, Any]]:
@@ -160,3 +166,30 @@ class FileErp:
                 if doc["external_reference"] in found:
                     found[doc["external_reference"]].append(self._receipt(doc, already_existed=True))
         return found
+
+
+def _lines_by_draft(book: DraftBook) -> dict[str, list[dict[str, Any]]]:
+    """Each draft's lines as its document lists them, built by column."""
+    lines = book.lines
+    if lines.empty:
+        return {}
+    of = book.headers.set_index("key")
+    currency = lines["draft_key"].map(of["currency"]).tolist()
+    own_tax = lines["tax_id"].tolist()
+    own_rate = lines["tax_rate"].tolist()
+    draft_tax = lines["draft_key"].map(of["tax_id"]).tolist()
+    draft_rate = lines["draft_key"].map(of["tax_rate"]).tolist()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for n, (key, number, source, text, quantity, unit, amount) in enumerate(zip(
+        lines["draft_key"].tolist(), lines["line_no"].tolist(), lines["source_id"].tolist(),
+        lines["description"].tolist(), lines["quantity_billed"].tolist(), lines["unit_price_minor"].tolist(),
+        lines["amount_minor"].tolist(), strict=True,
+    )):  # fmt: skip
+        out.setdefault(key, []).append({
+            "line_no": int(number), "source_id": source or "", "description": text, "quantity": quantity,
+            "unit_price": str(to_decimal(int(unit), currency[n])), "amount": str(to_decimal(int(amount), currency[n])),
+            "amount_minor": int(amount),
+            "tax_id": own_tax[n] if isinstance(own_tax[n], str) and own_tax[n] else draft_tax[n],
+            "tax_rate": own_rate[n] if isinstance(own_rate[n], str) and own_rate[n] else draft_rate[n],
+        })  # fmt: skip
+    return out

@@ -20,7 +20,6 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -28,9 +27,10 @@ from typing import Any, ParamSpec, TypeVar
 import numpy as np
 import pandas as pd
 
+from billing.draft_book import DraftBook, book_of
 from billing.errors import ConfigurationError, UserFacingError
 from billing.models import Customer, InvoiceDraft
-from billing.money import CURRENCY_EXPONENTS
+from billing.money import CURRENCY_EXPONENTS, Rounding, div_round
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -555,44 +555,47 @@ class DraftProblem:
     reason: str
 
 
-def is_credit(draft: InvoiceDraft) -> bool:
-    """A credit note: every line says so in its trace (a correction of billed work)."""
-    return bool(draft.lines) and all(line.trace.get("credit") is True for line in draft.lines)
-
-
-def _lines_as_displayed(draft: InvoiceDraft) -> int:
-    """The sum of quantity × unit price of each line, rounded by the currency: what a reader of the invoice
-    adds up. It differs from the total when a line's amount is not its quantity × unit price."""
-    mode = draft.money_rounding.decimal_mode
-    return sum(int((line.quantity_billed * line.unit_price_minor).quantize(Decimal(1), rounding=mode))
-               for line in draft.lines)  # fmt: skip
-
-
-def _amount_due(draft: InvoiceDraft) -> int:
-    """The total, negated for a credit note; an invoice of prepaid hours only (all drawn, nothing due) counts
-    as due, so the hours it reports are billed."""
-    if draft.total_minor == 0 and any("prepaid" in line.trace for line in draft.lines):
-        return 1
-    return -draft.total_minor if is_credit(draft) else draft.total_minor
-
-
 def validate_drafts(
     drafts: Sequence[InvoiceDraft], mapped_customers: Collection[str] | None = None
 ) -> tuple[list[DraftProblem], Outcome]:
+    """``validate_draft_book`` for drafts one by one."""
+    return validate_draft_book(book_of(drafts), mapped_customers)
+
+
+def validate_draft_book(
+    book: DraftBook, mapped_customers: Collection[str] | None = None
+) -> tuple[list[DraftProblem], Outcome]:
     """Invoice drafts before posting: total = sum of lines, a currency we bill in, the customer mapped to the
     ERP (``customer_erp_ref``, or in ``mapped_customers``; ``None``: the ERP maps any customer itself), and
-    no zero or negative total unless a credit note."""
+    no zero or negative total unless a credit note (every line of it a ``credit`` line). By column: what a
+    reader adds up (each line's quantity × unit price, rounded by the currency) per draft, by one grouping."""
+    headers, lines = book.headers, book.lines
+    quantity = lines["quantity_centi"].to_numpy(dtype="int64") * lines["unit_price_minor"].to_numpy(dtype="int64")
+    shown = np.zeros(len(lines), dtype="int64")
+    modes = lines["draft_key"].map(headers.set_index("key")["money_rounding"]).to_numpy(dtype=object)
+    for mode in set(modes.tolist()):  # one or two roundings
+        where = modes == mode
+        shown[where] = div_round(quantity[where], 100, Rounding(mode))
+    per_draft = pd.DataFrame({"key": lines["draft_key"].to_numpy(dtype=object), "shown": shown,
+                              "credit": (lines["line_kind"] == "credit").to_numpy(dtype=bool),
+                              "drawn": (lines["drawn_centi"].fillna(0).to_numpy(dtype="int64") > 0)})  # fmt: skip
+    sums = per_draft.groupby("key").agg(shown=("shown", "sum"), credit=("credit", "all"), drawn=("drawn", "any"))
+    sums = sums.reindex(headers["key"])
+    total = headers["total_minor"].to_numpy(dtype="int64")
+    credit = sums["credit"].fillna(False).to_numpy(dtype=bool) & (headers["line_count"].to_numpy() > 0)
+    drawn_only = (total == 0) & sums["drawn"].fillna(False).to_numpy(dtype=bool)  # prepaid hours, nothing due: due
     frame = pd.DataFrame({
-        "key": [d.key for d in drafts],  # integer money columns: GX compares int64 by column
-        "source_id": [d.key for d in drafts],
-        "customer_id": [d.customer_id for d in drafts],
-        "currency": [d.currency for d in drafts],
-        "total_minor": [d.total_minor for d in drafts],
-        "lines_minor": [_lines_as_displayed(d) for d in drafts],
-        "amount_due_minor": [_amount_due(d) for d in drafts],
+        "key": headers["key"].to_numpy(dtype=object),  # integer money columns: GX compares int64 by column
+        "source_id": headers["key"].to_numpy(dtype=object),
+        "customer_id": headers["customer_id"].to_numpy(dtype=object),
+        "currency": headers["currency"].to_numpy(dtype=object),
+        "total_minor": total,
+        "lines_minor": sums["shown"].fillna(0).to_numpy(dtype="int64"),
+        "amount_due_minor": np.where(drawn_only, 1, np.where(credit, -total, total)).astype("int64"),
     })  # fmt: skip
     mapped = set(frame["customer_id"]) if mapped_customers is None else set(mapped_customers)
-    mapped |= {d.customer_id for d in drafts if d.customer_erp_ref}
+    mapped |= set(headers.loc[headers["customer_erp_ref"].map(bool, na_action="ignore").fillna(False).astype(bool),
+                              "customer_id"])  # fmt: skip
     outcome = _entity_outcome("drafts", frame, {"known_currencies": sorted(CURRENCY_EXPONENTS),
                                                 "mapped_customers": sorted(mapped)})  # fmt: skip
     customer_of = dict(zip(frame["key"], frame["customer_id"], strict=True))

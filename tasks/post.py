@@ -24,7 +24,8 @@ from connectors.base import ErpConnector
 from connectors.file_erp import FileErp
 from connectors.tryton import TrytonErp
 from connectors.tryton_rpc import TrytonRpc
-from rules.quality import validate_drafts
+from rules.quality import validate_draft_book
+from rules.schema import load_rules
 from tasks.stage import plural, stage
 
 
@@ -75,14 +76,18 @@ def post_approved(settings: Settings, period: str) -> tuple[list[PostingReceipt]
     # under the lock, so a draft another run replaced meanwhile is not posted in its old form.
     target = erp_target(settings)
     with ledger.lock(f"posting:{target}", purpose=f"posting into {target}"):
-        approved = ledger.drafts(period, states=[DraftState.APPROVED])
+        approved = ledger.book(period, states=[DraftState.APPROVED])
         # The drafts suite (rules/suites/drafts.json) is the last gate: a bad draft stays approved and unposted,
         # reported as a failed posting with its reason, and is checked again on the next run.
         # Unless the ERP may create customers (it does, by code, by default), a customer must be mapped already.
         mapped = None if settings.erp_creates_customers else set(ledger.erp_mappings(erp.name, "party"))
-        problems, _ = validate_drafts(approved, mapped_customers=mapped)
+        problems, _ = validate_draft_book(approved, mapped_customers=mapped)
         refused = {p.key: p.reason for p in problems}
-        receipts, failures = erp.post([d for d in approved if d.key not in refused])
+        to_post = approved.only([k for k in approved.keys if k not in refused])
+        if isinstance(erp, FileErp):  # posts the frames as they are
+            receipts, failures = erp.post_book(to_post)
+        else:
+            receipts, failures = erp.post(to_post.drafts(load_rules(settings.rules_file)))
         ledger.record_postings(receipts, actor=f"post:{erp.name}")
     failures += [PostingFailure(draft_key=k, erp=erp.name, error=f"not posted: {r}") for k, r in refused.items()]
     return receipts, failures
