@@ -84,10 +84,8 @@ def reconcile_period(settings: Settings, period: str) -> ReconcileReport:
             period, source.system, everything.instance, everything.worklogs[["key", "content_hash"]], actor="reconcile"
         )
         report.deleted_after_billing = sorted(deleted)  # fmt: skip
-    items = ledger.work_items(period)
-    report.unbilled = sorted(items.loc[items["state"].isin([s.value for s in UNBILLED_STATES]), "key"])
-    flagged = items["details"].map(lambda d: bool(d and d.get("changed_after_billing")))
-    report.changed_after_billing = sorted(items.loc[flagged, "key"])
+    report.unbilled = list(ledger.items_in(period, UNBILLED_STATES, columns=["key"])["key"])
+    report.changed_after_billing = ledger.flagged_items(period, "changed_after_billing")
     return report
 
 
@@ -105,13 +103,15 @@ def write_back_to_source(settings: Settings, period: str) -> dict[str, Any]:
 
 
 SUMMARY_LINES = 2_000  # a period with more lines leaves them out of its summary unless asked (``lines=True``)
+SUMMARY_SHOWN = 100  # and lists only the first of more quarantined, non-billable or held items ("omitted": the rest)
 
 
 def period_summary(settings: Settings, period: str, new_postings: int, failures: list[Any],
                    lines: bool | None = None) -> dict[str, Any]:  # fmt: skip
     """The run's answer (``--json``): every invoice of the period with its totals, quarantines, counts by final
     state. ``lines``: each invoice's lines too (True), never (False), or while the period has no more than
-    ``SUMMARY_LINES`` (None): a large period's summary stays kilobytes; its lines are in the ledger and the ERP."""
+    ``SUMMARY_LINES`` (None): a large period's summary stays kilobytes; its lines are in the ledger and the ERP.
+    Likewise the quarantined, non-billable and held items are listed in full up to ``SUMMARY_LINES`` of each."""
     ledger = Ledger(settings.resolved_ledger_url)
     numbers = {p.draft_key: p.erp_number for p in ledger.postings(period)}
     drafts = ledger.draft_headers(period)
@@ -130,22 +130,27 @@ def period_summary(settings: Settings, period: str, new_postings: int, failures:
                        "amount_minor": line.amount_minor} for line in lines_of[d.key]]} if with_lines else {})
         for d in drafts.itertuples()
     ]  # fmt: skip
-    items = ledger.work_items(period)
-    quarantined = items[items["state"] == WorkState.QUARANTINED.value]
-    non_billable = items[items["state"] == WorkState.NON_BILLABLE.value]
-    held = items[items["state"] == WorkState.HELD.value]
+    counts = ledger.counts(period)
+    settled: dict[str, list[dict[str, Any]]] = {}
+    omitted: dict[str, int] = {}
+    kinds = (("quarantined", WorkState.QUARANTINED, "reason"), ("non_billable", WorkState.NON_BILLABLE, "rule"),
+             ("held", WorkState.HELD, "rule"))  # fmt: skip
+    for name, state, why in kinds:
+        rows = ledger.items_in(period, [state])
+        if lines is not True and len(rows) > SUMMARY_LINES:  # counts say how many; the ledger has them all
+            omitted[name] = len(rows) - SUMMARY_SHOWN
+            rows = rows.head(SUMMARY_SHOWN)
+        settled[name] = [{"source_id": s, why: r} for s, r in zip(rows["source_id"], rows["reason"], strict=True)]
     return {
         "period": period,
         "invoices": invoices,
-        "quarantined": [{"source_id": r.source_id, "reason": r.reason} for r in quarantined.itertuples()],
-        "non_billable": [{"source_id": r.source_id, "rule": r.reason} for r in non_billable.itertuples()],
-        "held": [{"source_id": r.source_id, "rule": r.reason} for r in held.itertuples()],
-        "counts": ledger.counts(period),
+        **settled,
+        "counts": counts,
         "posting_latency_seconds": sorted(ledger.posting_latencies(period)),
-        "work_items_total": len(items),
+        "work_items_total": sum(counts.values()),
         "new_postings": new_postings,
         "posting_failures": [f.model_dump() for f in failures],
-    }
+    } | ({"omitted": omitted} if omitted else {})
 
 
 def publish(summary: dict[str, Any], report: ReconcileReport) -> None:

@@ -234,3 +234,26 @@ def test_state_changes_are_audited_in_batches_and_found_per_item(ledger: Ledger)
     assert ledger.audit_log("files:x:worklog:W0000") == []  # a prefix of keys names no item
     states = ledger.work_items("2026-10").set_index("key")["state"]
     assert (states[keys[:20_000]] == "priced").all() and (states[keys[20_000:]] == "non_billable").all()
+
+
+def test_a_line_billing_several_items_claims_them_all_and_reads_back_alike(ledger: Ledger) -> None:
+    """Lines go in by the database's bulk path (executemany on SQLite, COPY on PostgreSQL): a line that rounds
+    several work logs together keeps every key, and each item points at it."""
+    ledger.register(items(("A", "h"), ("B", "h"), ("C", "h")), actor="t")
+    together = ChargeLine(
+        work_item_keys=("files:x:worklog:A", "files:x:worklog:B"), source_id="A, B", customer_id="ACME",
+        period="2026-10", currency="EUR", service_type="remote_support", description="A and B · 50% \\ \"ü\"",
+        quantity_raw=Decimal("0.5000"), quantity_billed=Decimal("0.50"), unit_price_minor=9500, amount_minor=4750,
+    )  # fmt: skip
+    d = InvoiceDraft(customer_id="ACME", period="2026-10", currency="EUR", version=1,
+                     lines=(together, *draft("C").lines))  # fmt: skip
+    ledger.save_drafts("2026-10", [d], actor="t")
+    (back,) = ledger.drafts("2026-10")
+    assert [(li.work_item_keys, li.description, li.quantity_billed, li.amount_minor) for li in back.lines] == [
+        (("files:x:worklog:A", "files:x:worklog:B"), 'A and B · 50% \\ "ü"', Decimal("0.50"), 4750),
+        (("files:x:worklog:C",), "C", Decimal("1.00"), 1000),
+    ]
+    states = ledger.work_items("2026-10").set_index("key")
+    assert (states["state"] == "drafted").all() and states["line_id"].notna().all()
+    assert states.at["files:x:worklog:A", "line_id"] == states.at["files:x:worklog:B", "line_id"]
+    assert back.total_minor == 5750 and ledger.draft_headers("2026-10")["line_count"].tolist() == [2]

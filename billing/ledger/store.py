@@ -38,6 +38,7 @@ from sqlalchemy.pool import NullPool
 
 from billing.draft_book import HEADER_COLUMNS, LINE_COLUMNS, DraftBook, book_of, content_hashes
 from billing.errors import UserFacingError
+from billing.ledger.bulk import insert_rows
 from billing.ledger.locks import Lease, abandoned, hold, remove
 from billing.ledger.schema import (
     BILLED_STATES,
@@ -188,6 +189,11 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
+def _column(values: pd.Series) -> list[Any]:
+    """A column's values as Python's own, missing ones as None."""
+    return [None if _missing(v) else v for v in values.tolist()]
+
+
 def _missing(value: Any) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and value != value)
 
@@ -295,26 +301,14 @@ class Ledger:
 
             new = items[prior_state.isna()]
             if len(new):
-                records = new[
-                    [
-                        "key",
-                        "source_system",
-                        "instance",
-                        "object_type",
-                        "source_id",
-                        "customer_id",
-                        "period",
-                        "content_hash",
-                    ]
-                    + (["ticket_id"] if "ticket_id" in new else [])
-                ].to_dict("records")
                 now = utcnow()
-                for record in records:
-                    record.update(state=WorkState.EXTRACTED.value, first_seen_at=now, updated_at=now)
-                    if record.get("ticket_id") is not None and pd.isna(record["ticket_id"]):
-                        record["ticket_id"] = None
-                session.execute(insert(WorkItem.__table__), records)
-                self._audit_batch(session, actor, "extracted", "work_item", [r["key"] for r in records])
+                names = ["key", "source_system", "instance", "object_type", "source_id", "customer_id", "period",
+                         "content_hash", *(["ticket_id"] if "ticket_id" in new else [])]  # fmt: skip
+                columns = {name: _column(new[name]) for name in names}
+                columns |= {"state": [WorkState.EXTRACTED.value] * len(new), "first_seen_at": [now] * len(new),
+                            "updated_at": [now] * len(new)}  # fmt: skip
+                insert_rows(session, WorkItem.__table__, columns)
+                self._audit_batch(session, actor, "extracted", "work_item", columns["key"])
 
             # Known, not yet billed: take the newest content and start over from "extracted".
             again = items[prior_state.notna() & ~billed]
@@ -421,6 +415,21 @@ class Ledger:
                        WorkItem.object_type.in_(list(object_types)))
             ) or 0)  # fmt: skip
 
+    def items_in(self, period: str, states: Iterable[WorkState],
+                 columns: Sequence[str] = ("key", "source_id", "reason")) -> pd.DataFrame:  # fmt: skip
+        """The period's work items in these states, with only these columns, ordered by key."""
+        query = (select(*(getattr(WorkItem, c) for c in columns))
+                 .where(WorkItem.period == period, WorkItem.state.in_([s.value for s in states]))
+                 .order_by(WorkItem.key))  # fmt: skip
+        with self.engine.connect() as connection:
+            return pd.DataFrame(connection.execute(query).all(), columns=list(columns))
+
+    def flagged_items(self, period: str, flag: str) -> list[str]:
+        """Keys of the period's work items whose details carry ``flag`` (``changed_after_billing`` ...)."""
+        query = select(WorkItem.key, WorkItem.details).where(WorkItem.period == period, WorkItem.details.is_not(None))
+        with Session(self.engine) as session:
+            return sorted(key for key, details in session.execute(query) if details and details.get(flag))
+
     def work_items(self, period: str | None = None) -> pd.DataFrame:
         query = select(WorkItem.__table__)
         if period is not None:
@@ -507,7 +516,8 @@ class Ledger:
     @staticmethod
     def _write_rows(session: Session, period: str, headers: pd.DataFrame, lines: pd.DataFrame,
                     hashes: dict[str, str], rules_hash: str | None) -> list[tuple[str, ...]]:  # fmt: skip
-        """Insert the drafts' rows and their lines (executemany in chunks); the work items each line bills."""
+        """Insert the drafts' rows and their lines (``insert_rows``: executemany or COPY); the work items each line
+        bills."""
         now = utcnow()
         rows = _records(headers[[c for c in HEADER_COLUMNS if c != "line_count"]])
         for row, count in zip(rows, headers["line_count"], strict=True):
@@ -515,11 +525,10 @@ class Ledger:
                        state=DraftState.DRAFTED.value, created_at=now, updated_at=now)  # fmt: skip
         session.execute(insert(InvoiceDraftRow.__table__), rows)  # by the table: a plain executemany
         keys = lines["work_item_keys"].tolist()
-        stored = lines[[c for c in LINE_STORED if c in lines]].assign(
-            work_item_key=[k[0] if len(k) else "" for k in keys], more_item_keys=[list(k[1:]) or None for k in keys]
-        )  # fmt: skip
-        for chunk in _chunks(_records(stored), 20_000):
-            session.execute(insert(InvoiceLineRow.__table__), chunk)
+        columns = {name: _column(lines[name]) for name in LINE_STORED}
+        columns["work_item_key"] = [k[0] if len(k) else "" for k in keys]
+        columns["more_item_keys"] = [list(k[1:]) or None for k in keys]
+        insert_rows(session, InvoiceLineRow.__table__, columns)
         return keys
 
     @staticmethod
