@@ -147,6 +147,15 @@ def run(
         ),
     ] = None,
     as_json: AsJson = False,
+    lines: Annotated[
+        bool | None,
+        typer.Option(
+            "--lines/--no-lines",
+            help="With --json: every invoice's lines, and every quarantined, non-billable and held item, in the "
+            "answer. Default: only for a period with at most 2,000 of them (a large month's answer stays "
+            "kilobytes; its lines are in the ERP's files and the ledger).",
+        ),
+    ] = None,
 ) -> None:
     """Bill one period: every work item ends billed, non-billable by a named rule, or quarantined.
 
@@ -177,7 +186,7 @@ def run(
             summary = summary_of(ticket_to_invoice(
                 period=settings.period, source=settings.source, input_dir=str(settings.input_dir),
                 erp=settings.erp, rules=str(settings.rules_file), approve=settings.approve, wait=settings.wait,
-                return_state=True,
+                lines=lines, return_state=True,
             ))  # fmt: skip
     except UserFacingError as exc:
         raise _fail(exc) from None
@@ -194,6 +203,9 @@ def run(
         raise typer.Exit(1)
 
 
+SHOWN_INVOICES = 50  # rows of the terminal's invoice table; --json has them all
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     table = Table(title=f"Invoices {summary['period']}")
     for column, justify in (
@@ -206,7 +218,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
         ("total", "right"),
     ):
         table.add_column(column, justify=justify, no_wrap=column in ("invoice", "status"))  # type: ignore[arg-type]
-    for inv in summary["invoices"]:
+    shown = summary["invoices"][:SHOWN_INVOICES]
+    if len(summary["invoices"]) > len(shown):
+        table.caption = f"the first {len(shown)} of {len(summary['invoices'])} invoices: all of them with --json"
+    for inv in shown:
         table.add_row(
             inv["erp_number"] or "—",
             inv["customer_name"] or inv["customer"],

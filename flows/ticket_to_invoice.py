@@ -35,6 +35,7 @@ def ticket_to_invoice(
     rules: str | None = None,
     approve: Literal["auto", "manual"] | None = None,
     wait: bool | None = None,
+    lines: bool | None = None,
 ) -> dict[str, Any] | State[Any]:
     """Bill one period's work: every work item ends billed, non-billable by a named rule, or quarantined.
 
@@ -54,6 +55,8 @@ def ticket_to_invoice(
             review queue flags) to a human in this UI.
         wait: When another run of this period and ERP is in progress: wait for it (true), or stop at once and
             bill nothing (false).
+        lines: The run's result lists every invoice's lines and every quarantined, non-billable and held item
+            (true), or not (false). Empty: only for a period with at most 2,000 of them.
     """
     try:
         settings = load_settings(period=period, source=source, input_dir=input_dir, erp=erp, rules_file=rules,
@@ -66,8 +69,8 @@ def ticket_to_invoice(
         with one_run_at_a_time(settings, period, say):  # per period and ERP, across processes: a second run waits
             batch = extract(settings, period)
             validated = validate_stage(settings, batch)  # .worklogs and .usage passed their suites
-            lines = price_stage(settings, batch, validated.worklogs, validated.usage)
-            drafts = draft(settings, batch, lines)  # claims its work items: never on two drafts
+            priced = price_stage(settings, batch, validated.worklogs, validated.usage)
+            drafts = draft(settings, batch, priced)  # claims its work items: never on two drafts
             for_a_human = approval_policy(settings, drafts)
             ask_a_human(settings, for_a_human)
             with erp_session(settings, {int(period[:4])}, say=say) as settings:
@@ -77,7 +80,7 @@ def ticket_to_invoice(
     except UserFacingError as exc:
         return refused(exc)  # Failed, with the one clear message (no traceback in the run's logs)
 
-    summary = period_summary(settings, period, sum(not r.already_existed for r in receipts), failures)
+    summary = period_summary(settings, period, sum(not r.already_existed for r in receipts), failures, lines=lines)
     summary["reconcile"] = report.as_dict()
     summary["write_back"] = written_back
     summary["notes"] = batch.notes

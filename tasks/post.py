@@ -222,17 +222,26 @@ def erp_slot(settings: Settings, say: Callable[[str], None] = print) -> Iterator
 def post_holding_erp_slot(
     settings: Settings, period: str, say: Callable[[str], None] | None = None
 ) -> tuple[list[PostingReceipt], list[PostingFailure]]:
-    """``post_approved`` while holding a slot of the ERP's Prefect concurrency limit (``erp_slot``)."""
+    """``post_approved`` while holding a slot of the ERP's Prefect concurrency limit (``erp_slot``); nothing to
+    do, and no slot taken, when the period has no approved draft (a rerun with nothing new)."""
+    if Ledger(settings.resolved_ledger_url).draft_headers(period, states=[DraftState.APPROVED]).empty:
+        return [], []
     with erp_slot(settings, say=say or get_run_logger().info):
         return post_approved(settings, period)
 
 
+def _numbers(numbers: list[str], listed: int = 20) -> str:
+    """Invoice numbers for a log line: all of a few, the first ones and how many more of many."""
+    more = f" and {len(numbers) - listed} more (… {numbers[-1]})" if len(numbers) > listed else ""
+    return ", ".join(numbers[:listed]) + more
+
+
 def _posted(outcome: tuple[list[PostingReceipt], list[PostingFailure]]) -> str:
     receipts, failures = outcome
-    new = [r for r in receipts if not r.already_existed]
-    said = [f"posted {plural(len(new), 'invoice')}" + (": " + ", ".join(r.erp_number for r in new) if new else "")]
+    new = [r.erp_number for r in receipts if not r.already_existed]
+    said = [f"posted {plural(len(new), 'invoice')}" + (f": {_numbers(new)}" if new else "")]
     if found := [r.erp_number for r in receipts if r.already_existed]:
-        said.append(f"found {plural(len(found), 'invoice')} posted before under its key: {', '.join(found)}")
+        said.append(f"found {plural(len(found), 'invoice')} posted before under its key: {_numbers(found)}")
     if failures:
         said.append(f"NOT posted {len(failures)}: " + "; ".join(f"{f.draft_key}: {f.error}" for f in failures))
     return "; ".join(said)
