@@ -234,7 +234,10 @@ def content_hashes(book: DraftBook) -> list[str]:
     hash of each line, by column."""
     if book.headers.empty:
         return []
-    lines = book.lines[list(HASHED_LINE)].astype(object).fillna("")  # a missing value hashes as ""
+    lines = book.lines[list(HASHED_LINE)].copy()
+    for name in HASHED_LINE:  # numbers hash as numbers; text, with a missing value as ""
+        if lines[name].dtype.kind not in "iub":
+            lines[name] = lines[name].astype(object).fillna("")
     lines["work_item_keys"] = [" ".join(keys) for keys in book.lines["work_item_keys"]]
     row_hashes = pd.util.hash_pandas_object(lines, index=False).to_numpy()
     by_draft: dict[str, list[int]] = {}

@@ -269,13 +269,22 @@ def _line_columns(ordered: pd.DataFrame, keys: np.ndarray, batch: WorkBatch, rul
     def column(name: str) -> np.ndarray:
         return (ordered[name].astype(object) if name in ordered else pd.Series([None] * n)).to_numpy(dtype=object)
 
-    kind = np.array([k if _present(k) else "work" for k in column("object_type")], dtype=object)
-    rate_kind = [k if _present(k) else "hourly" for k in column("rate_kind")]
-    drawn = [int(d) if _present(d) else 0 for d in column("drawn_centi")]
-    overage = [o is True or o is np.True_ for o in column("overage")]
-    optional = {name: [v if _present(v) else None for v in column(name)]
-                for name in ("ticket_id", "agreement_id", "modifier", "note", "description",
-                             "prepaid_agreement")}  # fmt: skip
+    def text_or(name: str, default: Any) -> list[Any]:
+        """A text column with ``default`` where it is missing or empty, by column."""
+        if name not in ordered:
+            return [default] * n
+        values = ordered[name].astype(object)
+        return values.where(values.notna() & (values != ""), default).tolist()
+
+    def whole(name: str) -> list[int]:
+        return ordered[name].fillna(0).astype("int64").tolist() if name in ordered else [0] * n
+
+    kind = np.array(text_or("object_type", "work"), dtype=object)
+    rate_kind = text_or("rate_kind", "hourly")
+    drawn = whole("drawn_centi")
+    overage = ordered["overage"].eq(True).fillna(False).astype(bool).tolist() if "overage" in ordered else [False] * n
+    optional = {name: text_or(name, None) for name in ("ticket_id", "agreement_id", "modifier", "note", "description",
+                                                        "prepaid_agreement")}  # fmt: skip
     frame = pd.DataFrame({
         "draft_key": keys,
         "line_no": pd.Series(keys).groupby(keys, sort=False).cumcount().to_numpy() + 1,
@@ -308,7 +317,7 @@ def _line_columns(ordered: pd.DataFrame, keys: np.ndarray, batch: WorkBatch, rul
         "agreement": optional["agreement_id"],
         "prepaid_agreement": optional["prepaid_agreement"],
         "drawn_centi": drawn,
-        "prepaid_left_centi": [int(d) if _present(d) else 0 for d in column("prepaid_left_centi")],
+        "prepaid_left_centi": whole("prepaid_left_centi"),
         "overage": overage,
         "rule": None,
         "scope": None,

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from billing.draft_book import DraftBook
 from billing.errors import RunInProgress
 from billing.ledger import Ledger
 from billing.models import ApprovalDecision, ChargeLine, InvoiceDraft, PostingReceipt
@@ -79,17 +80,17 @@ def slow_erp(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """The files ERP taking ``POSTING_SECONDS`` per posting; each posting notes when it ran and how many slots
     of the limit were taken meanwhile."""
     postings: list[dict[str, Any]] = []
-    real_post = FileErp.post
+    real_post = FileErp.post_book  # what the post stage calls on the files ERP
 
-    def post(self: FileErp, drafts: list[InvoiceDraft]) -> Any:
+    def post(self: FileErp, book: DraftBook) -> Any:
         start = time.monotonic()
         time.sleep(POSTING_SECONDS / 2)
         taken = limit_slots()
         time.sleep(POSTING_SECONDS / 2)
         postings.append({"start": start, "end": time.monotonic(), "slots": taken})
-        return real_post(self, drafts)
+        return real_post(self, book)
 
-    monkeypatch.setattr(FileErp, "post", post)
+    monkeypatch.setattr(FileErp, "post_book", post)
     return postings
 
 
