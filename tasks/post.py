@@ -222,9 +222,14 @@ def erp_slot(settings: Settings, say: Callable[[str], None] = print) -> Iterator
 def post_holding_erp_slot(
     settings: Settings, period: str, say: Callable[[str], None] | None = None
 ) -> tuple[list[PostingReceipt], list[PostingFailure]]:
-    """``post_approved`` while holding a slot of the ERP's Prefect concurrency limit (``erp_slot``); nothing to
-    do, and no slot taken, when the period has no approved draft (a rerun with nothing new)."""
-    if Ledger(settings.resolved_ledger_url).draft_headers(period, states=[DraftState.APPROVED]).empty:
+    """``post_approved`` while holding a slot of the ERP's Prefect concurrency limit (``erp_slot``). Nothing to
+    do, and no slot taken, when the period has no approved draft (a rerun with nothing new) and no poster of this
+    ledger died holding a slot or the posting lease (those are given back on the way in)."""
+    ledger = Ledger(settings.resolved_ledger_url)
+    left_behind = ledger.abandoned_leases(f"{SLOT_RECORD}{erp_limit_name(settings)}:") or ledger.abandoned_leases(
+        f"posting:{erp_target(settings)}"
+    )
+    if not left_behind and ledger.draft_headers(period, states=[DraftState.APPROVED]).empty:
         return [], []
     with erp_slot(settings, say=say or get_run_logger().info):
         return post_approved(settings, period)
