@@ -99,7 +99,7 @@ def charge_line(row: Mapping[str, Any], rules: RuleSet | None = None) -> ChargeL
         service_type=row["service_type"], description=row["description"], quantity_raw=Decimal(row["quantity_raw"]),
         quantity_billed=Decimal(row["quantity_billed"]), unit_price_minor=int(row["unit_price_minor"]),
         amount_minor=int(row["amount_minor"]), trace=trace_of(row, rules),
-        tax_id=_text(row["tax_id"]), tax_rate=Decimal(row["tax_rate"]) if _present(row["tax_rate"]) else None,
+        tax_id=_text(row["tax_id"]), tax_rate=Decimal(row["tax_rate"]) if present(row["tax_rate"]) else None,
     )  # fmt: skip
 
 
@@ -107,11 +107,11 @@ def trace_of(row: Mapping[str, Any], rules: RuleSet | None = None) -> dict[str, 
     """A line's trace as ``ChargeLine.trace`` holds it, from its columns; with ``rules``, its explanation."""
     if row["line_kind"] == "adjustment":
         trace: dict[str, Any] = {"rule": row["rule"], "explanation": row["description"], "line_kind": "adjustment"}
-        return trace | ({"scope": row["scope"]} if _present(row["scope"]) else {})
+        return trace | ({"scope": row["scope"]} if present(row["scope"]) else {})
     trace = {name: _plain(row[name]) for name in PRICED_TRACE}
     if row["line_kind"] == "credit":
         trace["credit"] = True
-    if rules is not None and _present(row["rate_source"]):  # a line made by hand (a test's) has nothing to explain
+    if rules is not None and present(row["rate_source"]):  # a line made by hand (a test's) has nothing to explain
         trace["explanation"] = explanation(row, rules)
     if int(row["drawn_centi"] or 0) > 0:
         trace["prepaid"] = {"agreement": row["prepaid_agreement"], "drawn_centi": int(row["drawn_centi"]),
@@ -159,24 +159,21 @@ def centi_text(centi: np.ndarray) -> list[str]:
     return [f"{s}{w}.{p:02d}" for s, w, p in zip(sign.tolist(), whole.tolist(), part.tolist(), strict=True)]
 
 
-def _present(value: Any) -> bool:
+def present(value: Any) -> bool:
+    """Whether a column's value says something: not None, NA, NaN or empty text."""
     missing = value is None or value is pd.NA or (isinstance(value, float) and value != value)
     return not missing and value != ""
 
 
 def _text(value: Any) -> str | None:
-    return str(value) if _present(value) else None
+    return str(value) if present(value) else None
 
 
 def _plain(value: Any) -> Any:
     """A column's value as the trace keeps it: None for missing, Python ints for numpy ones."""
-    if not _present(value):
+    if not present(value):
         return None
     return int(value) if isinstance(value, np.integer) else value
-
-
-def ordered_keys(values: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(values))
 
 
 def book_of(drafts: Sequence[InvoiceDraft]) -> DraftBook:

@@ -21,6 +21,7 @@ from billing.draft_book import (
     centi_text,
     charge_line,
     hours_text,
+    present,
     row_of,
 )
 from billing.ledger import Ledger, WorkState
@@ -389,7 +390,7 @@ def _with_adjustments(book_lines: pd.DataFrame, ordered: pd.DataFrame, rules: Ru
         parts.append(draft_lines)
         charge_lines = [charge_line(row) for row in draft_lines.to_dict("records")]
         customer, currency = charge_lines[0].customer_id, charge_lines[0].currency
-        tickets = {k: t for line in charge_lines for k in line.work_item_keys if _present(t := tickets_of.get(k))}
+        tickets = {k: t for line in charge_lines for k in line.work_item_keys if present(t := tickets_of.get(k))}
         prior = prior_cap_use(history, customer, currency, period, rules)
         made = adjust(charge_lines, tickets, rules, rules.money_rounding(currency), prior)
         if made:
@@ -424,7 +425,7 @@ def draft_taxes(headers: pd.DataFrame, lines: pd.DataFrame) -> list[int]:
     draft's) the base summed (displayed amounts, or quantity × unit price unrounded) and rounded once for the
     document, or line by line; 0 where the ERP computes it."""
     policy = headers.set_index("key")[["tax_rate", "tax_base", "tax_rounding", "tax_by", "money_rounding"]]
-    own = lines["tax_rate"].map(_present).to_numpy(dtype=bool)
+    own = lines["tax_rate"].map(present).to_numpy(dtype=bool)
     rate = np.where(own, lines["tax_rate"].to_numpy(dtype=object), lines["draft_key"].map(policy["tax_rate"]))
     # Bases in hundredths of a minor unit, exact integers: quantity (centi) × unit price, or amount × 100.
     unrounded = (lines["draft_key"].map(policy["tax_base"]) == "unrounded").to_numpy(dtype=bool)
@@ -441,12 +442,6 @@ def draft_taxes(headers: pd.DataFrame, lines: pd.DataFrame) -> list[int]:
         amount = (Decimal(int(hundredths)) / 100 * Decimal(rate_text)).quantize(Decimal(1), rounding=mode)
         tax[key] = tax.get(key, 0) + int(amount)
     return [0 if policy.at[k, "tax_by"] == "erp" else tax.get(k, 0) for k in headers["key"]]
-
-
-def _present(value: Any) -> bool:
-    return (
-        value is not None and not (isinstance(value, float) and value != value) and value is not pd.NA and value != ""
-    )
 
 
 def _priced(lines: pd.DataFrame) -> str:

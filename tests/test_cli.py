@@ -67,7 +67,6 @@ def test_run_json_is_the_documented_object(demo_home: tuple[Path, dict[str, Any]
     assert all(q["source_id"] and q["reason"] for q in first["quarantined"])
 
 
-
 @pytest.fixture(scope="module")
 def ui(demo_home: tuple[Path, dict[str, Any], dict[str, Any]]) -> Iterator[tuple[str, dict[str, str]]]:
     """`make ui`: a Prefect server over the Prefect home the CLI runs were kept in."""
@@ -247,3 +246,22 @@ def test_a_bad_option_or_setting_is_named_before_anything_is_written(tmp_path: P
         assert says in " ".join(result.stderr.split()), result.stderr
         assert "Traceback" not in result.stderr + result.stdout
     assert not home.exists()
+
+
+def test_run_json_lines_on_request(tmp_path: Path) -> None:
+    """`--no-lines` answers with invoices and counts only (a large month's answer stays kilobytes); `--lines`
+    adds every invoice's lines, which sum to its total."""
+    home = tmp_path / "var"
+    without = cli(home, "run", "--erp", "files", "--json", "--no-lines")
+    assert without.returncode == 0, without.stderr[-3000:]
+    short = json.loads(without.stdout)
+    assert short["invoices"] and all("lines" not in invoice for invoice in short["invoices"])
+    assert all(invoice["line_count"] > 0 for invoice in short["invoices"])
+    with_lines = cli(home, "run", "--erp", "files", "--json", "--lines")
+    assert with_lines.returncode == 0, with_lines.stderr[-3000:]
+    full = json.loads(with_lines.stdout)
+    assert [i["key"] for i in full["invoices"]] == [i["key"] for i in short["invoices"]]
+    for invoice in full["invoices"]:
+        assert len(invoice["lines"]) == invoice["line_count"]
+        assert sum(line["amount_minor"] for line in invoice["lines"]) == invoice["total_minor"]
+    assert full["counts"] == short["counts"] and full["new_postings"] == 0

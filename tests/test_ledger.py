@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -172,7 +174,6 @@ def test_billed_is_final_whatever_a_slower_run_does_later(ledger: Ledger) -> Non
     assert ledger.draft_states([first.key]) == {first.key: DraftState.POSTED}
 
 
-
 def test_approving_and_posting_many_drafts_updates_their_work_items_by_index_in_a_few_statements(
     ledger: Ledger,
 ) -> None:
@@ -192,8 +193,12 @@ def test_approving_and_posting_many_drafts_updates_their_work_items_by_index_in_
 
     event.listen(ledger.engine, "before_cursor_execute", capture)
     try:
-        ledger.record_decisions([ApprovalDecision(draft_key=d.key, approved=n % 3 != 0, approver="ann",
-                                                  decided_at=datetime.now(UTC)) for n, d in enumerate(drafts)])
+        ledger.record_decisions(
+            [
+                ApprovalDecision(draft_key=d.key, approved=n % 3 != 0, approver="ann", decided_at=datetime.now(UTC))
+                for n, d in enumerate(drafts)
+            ]
+        )
         decided = len(statements)
         ledger.record_postings([PostingReceipt(draft_key=d.key, erp="files", erp_id=f"INV-{n}", erp_number=f"INV-{n}",
                                                total_minor=d.total_minor, currency="EUR", posted_at=datetime.now(UTC))
@@ -203,8 +208,9 @@ def test_approving_and_posting_many_drafts_updates_their_work_items_by_index_in_
     assert decided == 2 and len(statements) == 3  # approved and rejected; then the posted
     with ledger.engine.connect() as connection:
         for statement, parameters in statements if ledger.engine.dialect.name == "sqlite" else ():
-            plan = " | ".join(row[-1] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement,
-                                                                             parameters))  # type: ignore[arg-type]
+            plan = " | ".join(
+                row[-1] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+            )  # type: ignore[arg-type]
             assert "SCAN work_items" not in plan and "ix_work_items_line_id" in plan, plan
     states = dict(pd.read_sql("SELECT source_id, state FROM work_items", ledger.engine).itertuples(index=False))
     assert {sid for sid, state in states.items() if state == WorkState.POSTED.value} == \
@@ -214,7 +220,7 @@ def test_approving_and_posting_many_drafts_updates_their_work_items_by_index_in_
 
 def test_state_changes_are_audited_in_batches_and_found_per_item(ledger: Ledger) -> None:
     """A period's items cost a few audit rows, not one per item and state; each item's history is still found."""
-    odd = "files:x:worklog:50%_off\"q\\"  # LIKE's and JSON's special characters in a key
+    odd = 'files:x:worklog:50%_off"q\\'  # LIKE's and JSON's special characters in a key
     keys = [f"files:x:worklog:W{n:05d}" for n in range(25_000)] + [odd]
     frame = pd.DataFrame({"key": keys, "source_system": "files", "instance": "x", "object_type": "worklog",
                           "source_id": [k.rsplit(":", 1)[1] for k in keys], "customer_id": "ACME",
@@ -257,3 +263,58 @@ def test_a_line_billing_several_items_claims_them_all_and_reads_back_alike(ledge
     assert (states["state"] == "drafted").all() and states["line_id"].notna().all()
     assert states.at["files:x:worklog:A", "line_id"] == states.at["files:x:worklog:B", "line_id"]
     assert back.total_minor == 5750 and ledger.draft_headers("2026-10")["line_count"].tolist() == [2]
+
+
+def test_an_approved_draft_of_a_revision_0005_ledger_keeps_its_approval_after_the_upgrade(tmp_path: Path) -> None:
+    """Drafts saved before 0007 kept a JSON document per draft and a trace per line; the upgrade writes their
+    columns from them and recomputes their content hashes, so the same draft made again keeps its approval."""
+    from sqlalchemy import column, create_engine, insert, table
+
+    from rules.engine import price
+    from tasks.price import group_drafts
+    from tests.test_engine import CUSTOMERS
+    from tests.test_retainers import WORK, batch, prepaid_rules
+
+    rules = prepaid_rules(overage_rate={"EUR": "130.00"})
+    (old,) = group_drafts(batch(WORK), price(WORK, CUSTOMERS, rules).lines, rules, {})
+    assert {len(line.trace) > 0 for line in old.lines} == {True} and len(old.lines) == 4  # drawn, overage ...
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    engine = create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0005")
+        now = datetime.now(UTC)
+        connection.execute(insert(table("invoice_drafts", *map(column, (
+            "key", "customer_id", "agreement_id", "period", "currency", "version", "total_minor", "state",
+            "document", "created_at", "updated_at")))), [{  # as 0005's save_drafts wrote them
+            "key": old.key, "customer_id": old.customer_id, "agreement_id": old.agreement_id, "period": old.period,
+            "currency": old.currency, "version": old.version, "total_minor": old.total_minor, "state": "approved",
+            "document": json.dumps(old.model_dump(mode="json") | {"_hash": "0" * 64}), "created_at": now,
+            "updated_at": now}])  # fmt: skip
+        connection.execute(insert(table("invoice_lines", *map(column, (
+            "id", "draft_key", "line_no", "work_item_key", "description", "quantity_raw", "quantity_billed",
+            "unit_price_minor", "amount_minor", "trace")))), [{
+            "id": no, "draft_key": old.key, "line_no": no, "work_item_key": line.work_item_keys[0],
+            "description": line.description, "quantity_raw": str(line.quantity_raw),
+            "quantity_billed": str(line.quantity_billed), "unit_price_minor": line.unit_price_minor,
+            "amount_minor": line.amount_minor, "trace": json.dumps(line.trace)}
+            for no, line in enumerate(old.lines, start=1)])  # fmt: skip
+        first_line = {k: no for no, line in reversed(list(enumerate(old.lines, start=1))) for k in line.work_item_keys}
+        connection.execute(insert(table("work_items", *map(column, (
+            "key", "source_system", "instance", "object_type", "source_id", "customer_id", "period", "state",
+            "content_hash", "line_id", "first_seen_at", "updated_at")))), [{
+            "key": k, "source_system": "test", "instance": "t", "object_type": "worklog", "source_id": k,
+            "customer_id": "GLOBEX", "period": "2026-10", "state": "approved", "content_hash": "h", "line_id": no,
+            "first_seen_at": now, "updated_at": now} for k, no in first_line.items()])  # fmt: skip
+    engine.dispose()
+
+    ledger = Ledger(url)  # opening it upgrades it to head
+    (read,) = ledger.drafts("2026-10", rules=rules)
+    assert read.model_dump() == old.model_dump()  # every line's columns and explanation from the document
+    ledger.save_drafts("2026-10", [old], actor="rerun")
+    assert ledger.draft_states([old.key]) == {old.key: DraftState.APPROVED}
+    changed = old.model_copy(update={"lines": old.lines[:-1]})  # a draft that is not the same loses it
+    ledger.save_drafts("2026-10", [changed], actor="rerun")
+    assert ledger.draft_states([changed.key]) == {changed.key: DraftState.DRAFTED}

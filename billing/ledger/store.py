@@ -188,12 +188,6 @@ class ClaimConflict(UserFacingError):
         )
 
 
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """A frame's rows as dicts for an executemany: missing values as None, numbers as Python's own."""
-    columns = {name: [None if _missing(v) else v for v in frame[name].tolist()] for name in frame.columns}
-    return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
-
-
 def _column(values: pd.Series) -> list[Any]:
     """A column's values as Python's own, missing ones as None (whole-number and boolean columns have none)."""
     if values.dtype.kind in "iub":
@@ -202,10 +196,6 @@ def _column(values: pd.Series) -> list[Any]:
     if not missing.any():
         return values.tolist()
     return values.astype(object).where(~missing, None).tolist()
-
-
-def _missing(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
 
 
 def _item_keys_of(session: Session, draft_keys: Sequence[str]) -> list[str]:
@@ -529,7 +519,9 @@ class Ledger:
         """Insert the drafts' rows and their lines (``insert_rows``: executemany or COPY); the work items each line
         bills."""
         now = utcnow()
-        rows = _records(headers[[c for c in HEADER_COLUMNS if c != "line_count"]])
+        names = [c for c in HEADER_COLUMNS if c != "line_count"]
+        columns = {name: _column(headers[name]) for name in names}
+        rows = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
         for row, count in zip(rows, headers["line_count"], strict=True):
             row.update(period=period, line_count=int(count), content_hash=hashes[row["key"]], rules_hash=rules_hash,
                        state=DraftState.DRAFTED.value, created_at=now, updated_at=now)  # fmt: skip
