@@ -15,7 +15,11 @@ def utcnow() -> datetime:
 
 
 class WorkState(StrEnum):
-    """Where a work item stands. Every item ends billed, non-billable by a named rule, or quarantined."""
+    """Where a work item stands. Every item ends billed, non-billable by a named rule, or quarantined.
+
+    An item's own row holds the states up to drafted; once a draft holds it (``draft_key``) its state is its
+    draft's (``DRAFT_ITEM_STATE``; posted and reconciled: billed), so approving, posting and reconciling a period
+    change its drafts' rows, not every item's."""
 
     EXTRACTED = "extracted"
     QUARANTINED = "quarantined"
@@ -41,6 +45,14 @@ COUNT_OF_STATE: dict[WorkState, str] = {
     WorkState.HELD: "held",
 }
 BILLED_STATES = (WorkState.POSTED, WorkState.RECONCILED)
+# The state of an item a draft holds, by the draft's state (and, when posted, whether it was reconciled).
+DRAFT_ITEM_STATE: dict[tuple[str, bool], WorkState] = {
+    ("drafted", False): WorkState.DRAFTED,
+    ("rejected", False): WorkState.DRAFTED,  # drafted again, awaiting a new decision
+    ("approved", False): WorkState.APPROVED,
+    ("posted", False): WorkState.POSTED,
+    ("posted", True): WorkState.RECONCILED,
+}
 
 
 class Base(DeclarativeBase):
@@ -57,12 +69,13 @@ class WorkItem(Base):
     source_id: Mapped[str] = mapped_column(String(200))
     customer_id: Mapped[str | None] = mapped_column(String(100))
     period: Mapped[str] = mapped_column(String(7), index=True)
-    state: Mapped[str] = mapped_column(String(20), index=True)
+    state: Mapped[str] = mapped_column(String(20))  # its own; once a draft holds it, the draft's counts
     content_hash: Mapped[str] = mapped_column(String(32))
-    billed_hash: Mapped[str | None] = mapped_column(String(32))  # content when it was posted
+    billed_hash: Mapped[str | None] = mapped_column(String(32))  # its content when its draft claimed it
     reason: Mapped[str | None] = mapped_column(Text)  # quarantine reasons or the non-billable rule
     details: Mapped[dict[str, Any] | None]
     line_id: Mapped[int | None] = mapped_column(ForeignKey("invoice_lines.id", ondelete="SET NULL"), index=True)
+    draft_key: Mapped[str | None] = mapped_column(String(300), index=True)  # the draft holding it: its state
     ticket_id: Mapped[str | None] = mapped_column(String(200))
     written_back_at: Mapped[datetime | None]  # the invoice number is in the source system
     write_back_error: Mapped[str | None] = mapped_column(Text)
@@ -95,6 +108,7 @@ class InvoiceDraftRow(Base):
     tax_rounding: Mapped[str] = mapped_column(String(10), server_default="document")
     tax_base: Mapped[str] = mapped_column(String(10), server_default="displayed")
     state: Mapped[str] = mapped_column(String(20))
+    reconciled_at: Mapped[datetime | None]  # when the ERP's copy was found equal to the cent
     document: Mapped[dict[str, Any] | None]  # drafts of revisions before 0007 only: the columns say it all now
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -15,14 +15,18 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
+    ColumnElement,
     Engine,
+    Select,
     Text,
     Update,
     and_,
     bindparam,
+    case,
     create_engine,
     delete,
     event,
+    exists,
     func,
     insert,
     or_,
@@ -43,6 +47,7 @@ from billing.ledger.locks import Lease, abandoned, hold, remove
 from billing.ledger.schema import (
     BILLED_STATES,
     COUNT_OF_STATE,
+    DRAFT_ITEM_STATE,
     Approval,
     AuditEntry,
     ErpMapping,
@@ -76,18 +81,40 @@ DRAFT_HEADER_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+def _on_posted_draft() -> ColumnElement[bool]:
+    """The work item's draft is posted: a look-up of its draft by primary key, so it works per row of an
+    executemany too (an IN over every posted draft would be read again for each row)."""
+    posted = InvoiceDraftRow.key == WorkItem.draft_key, InvoiceDraftRow.state == DraftState.POSTED.value
+    return and_(WorkItem.draft_key.is_not(None), exists().where(*posted))
+
+
 def _unbilled_only(statement: Update) -> Update:
-    """Billed is final: no later stage of any run moves a work item out of posted or reconciled (another run
-    of the period may have posted it since this one read it). Plain comparisons, so it works per row of an
-    executemany too."""
-    return statement.where(and_(*(WorkItem.state != s.value for s in BILLED_STATES))).execution_options(
-        synchronize_session=None
+    """Billed is final: no later stage of any run changes a work item a posted draft holds (another run of the
+    period may have posted it since this one read it)."""
+    return statement.where(~_on_posted_draft()).execution_options(synchronize_session=None)
+
+
+def _state_column() -> ColumnElement[str]:
+    """A work item's state (``WorkState``): its own until a draft holds it, then its draft's (``DRAFT_ITEM_STATE``).
+    For a query of ``work_items`` outer-joined to ``invoice_drafts`` on ``draft_key`` (``_with_drafts``)."""
+    draft = InvoiceDraftRow
+    return case(
+        (draft.key.is_(None), WorkItem.state),
+        (and_(draft.state == DraftState.POSTED.value, draft.reconciled_at.is_not(None)), WorkState.RECONCILED.value),
+        (draft.state == DraftState.POSTED.value, WorkState.POSTED.value),
+        (draft.state == DraftState.APPROVED.value, WorkState.APPROVED.value),
+        else_=WorkState.DRAFTED.value,
     )
 
 
-def _line_ids_of(draft_keys: Sequence[str]) -> Any:
-    """The invoice lines of these drafts, as a subquery (``work_items.line_id`` is indexed for it)."""
-    return select(InvoiceLineRow.id).where(InvoiceLineRow.draft_key.in_(draft_keys))
+def _with_drafts(query: Select[Any]) -> Select[Any]:
+    return query.select_from(WorkItem).outerjoin(InvoiceDraftRow, InvoiceDraftRow.key == WorkItem.draft_key)
+
+
+def _item_states(stored: pd.Series, draft_keys: pd.Series, drafts: dict[str, tuple[str, bool]]) -> pd.Series:
+    """Each item's state from its own (``stored``) and its draft's (``drafts``: key → state, reconciled)."""
+    of_draft = {key: DRAFT_ITEM_STATE[(state, reconciled)].value for key, (state, reconciled) in drafts.items()}
+    return draft_keys.map(of_draft).fillna(stored) if len(of_draft) else stored
 
 
 def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -275,6 +302,16 @@ class Ledger:
 
     # -- work items ------------------------------------------------------------------------------
 
+    @staticmethod
+    def _draft_states(session: Session | Connection, draft_keys: Sequence[str]) -> dict[str, tuple[str, bool]]:
+        """Each of these drafts' state and whether it was reconciled: what its work items' states are."""
+        found: dict[str, tuple[str, bool]] = {}
+        for chunk in _chunks(draft_keys):
+            rows = session.execute(select(InvoiceDraftRow.key, InvoiceDraftRow.state, InvoiceDraftRow.reconciled_at)
+                                   .where(InvoiceDraftRow.key.in_(chunk)))  # fmt: skip
+            found.update({key: (state, reconciled is not None) for key, state, reconciled in rows})
+        return found
+
     def register(self, items: pd.DataFrame, actor: str) -> pd.DataFrame:
         """Record extracted work items; answer which of them this run must process.
 
@@ -284,20 +321,20 @@ class Ledger:
         again; it is flagged ``changed_after_billing`` for reconcile to report.
         """
         keys = items["key"].tolist()
-        state_of: dict[str, str] = {}
-        billed_hash_of: dict[str, str | None] = {}
         with self.session() as session:
-            for chunk in _chunks(keys):
-                rows = session.execute(
-                    select(WorkItem.key, WorkItem.state, WorkItem.billed_hash).where(WorkItem.key.in_(chunk))
-                )
-                for key, state, billed_hash in rows:
-                    state_of[key], billed_hash_of[key] = state, billed_hash
+            rows = [row for chunk in _chunks(keys) for row in session.execute(
+                select(WorkItem.key, WorkItem.state, WorkItem.draft_key, WorkItem.billed_hash)
+                .where(WorkItem.key.in_(chunk)))]  # fmt: skip
+            known = pd.DataFrame(rows, columns=["key", "state", "draft_key", "billed_hash"])
+            drafts = self._draft_states(session, known["draft_key"].dropna().unique().tolist())
+            known["state"] = _item_states(known["state"], known["draft_key"], drafts)
+            known = known.set_index("key")
 
-            prior_state = items["key"].map(state_of)  # a dict map: a hash lookup by column, NaN when new
+            prior_state = items["key"].map(known["state"])  # an index map: a hash lookup by column, NaN when new
             billed = prior_state.isin([s.value for s in BILLED_STATES])
-            billed_hash = items["key"].map(billed_hash_of)
+            billed_hash = items["key"].map(known["billed_hash"])
             changed_after_billing = billed & (billed_hash != items["content_hash"])
+            on_draft = items["key"].map(known["draft_key"]).notna()
 
             new = items[prior_state.isna()]
             if len(new):
@@ -310,25 +347,21 @@ class Ledger:
                 insert_rows(session, WorkItem.__table__, columns)
                 self._audit_batch(session, actor, "extracted", "work_item", columns["key"])
 
-            # Known, not yet billed: take the newest content and start over from "extracted".
-            again = items[prior_state.notna() & ~billed]
-            if len(again):
+            # Known, not yet billed: take the newest content and start over from "extracted". One an unposted draft
+            # holds stays on it (its state is the draft's) until this run's drafts replace or keep that draft: a
+            # kept draft bills it as it is now, so its billed content is the new one.
+            again = prior_state.notna() & ~billed
+            if again.any():
+                now = utcnow()
                 session.execute(
                     _unbilled_only(update(WorkItem)),
-                    [
-                        {
-                            "key": r.key,
-                            "content_hash": r.content_hash,
-                            "customer_id": r.customer_id,
-                            "period": r.period,
-                            "state": WorkState.EXTRACTED.value,
-                            "reason": None,
-                            "details": None,
-                            "updated_at": utcnow(),
-                        }
-                        for r in again.itertuples()
-                    ],
-                )
+                    [{"key": key, "content_hash": content, "customer_id": customer, "period": period,
+                      "billed_hash": content if held else None, "state": WorkState.EXTRACTED.value, "reason": None,
+                      "details": None, "updated_at": now}
+                     for key, content, customer, period, held in zip(
+                        items["key"][again], items["content_hash"][again], _column(items["customer_id"][again]),
+                        items["period"][again], on_draft[again], strict=True)],
+                )  # fmt: skip
             changed = items[changed_after_billing]
             if len(changed):
                 session.execute(
@@ -402,8 +435,7 @@ class Ledger:
         billed: set[str] = set()
         with Session(self.engine) as session:
             for chunk in _chunks(keys):
-                billed.update(session.scalars(select(WorkItem.key).where(
-                    WorkItem.key.in_(chunk), WorkItem.state.in_([s.value for s in BILLED_STATES]))))  # fmt: skip
+                billed.update(session.scalars(select(WorkItem.key).where(WorkItem.key.in_(chunk), _on_posted_draft())))
         return billed
 
     def count_items(self, period: str, source_system: str, object_types: Iterable[str]) -> int:
@@ -418,9 +450,9 @@ class Ledger:
     def items_in(self, period: str, states: Iterable[WorkState],
                  columns: Sequence[str] = ("key", "source_id", "reason")) -> pd.DataFrame:  # fmt: skip
         """The period's work items in these states, with only these columns, ordered by key."""
-        query = (select(*(getattr(WorkItem, c) for c in columns))
-                 .where(WorkItem.period == period, WorkItem.state.in_([s.value for s in states]))
-                 .order_by(WorkItem.key))  # fmt: skip
+        query = _with_drafts(select(*(getattr(WorkItem, c) for c in columns))
+                             .where(WorkItem.period == period, _state_column().in_([s.value for s in states]))
+                             .order_by(WorkItem.key))  # fmt: skip
         with self.engine.connect() as connection:
             return pd.DataFrame(connection.execute(query).all(), columns=list(columns))
 
@@ -431,11 +463,15 @@ class Ledger:
             return sorted(key for key, details in session.execute(query) if details and details.get(flag))
 
     def work_items(self, period: str | None = None) -> pd.DataFrame:
+        """The work items (of ``period``) as stored, each with its state (its draft's, once a draft holds it)."""
         query = select(WorkItem.__table__)
         if period is not None:
             query = query.where(WorkItem.period == period)
         with self.engine.connect() as connection:
-            return pd.read_sql(query, connection)
+            items = pd.read_sql(query, connection)
+            drafts = self._draft_states(connection, items["draft_key"].dropna().unique().tolist())
+        items["state"] = _item_states(items["state"], items["draft_key"], drafts)
+        return items
 
     # -- drafts ----------------------------------------------------------------------------------
 
@@ -490,15 +526,12 @@ class Ledger:
             for chunk in _chunks(stale):  # only while still unposted: a draft posted meanwhile stays as it is
                 still = select(InvoiceDraftRow.key).where(InvoiceDraftRow.key.in_(chunk),
                                                            InvoiceDraftRow.state.in_(unposted))  # fmt: skip
-                session.execute(
-                    update(WorkItem)
-                    .where(WorkItem.line_id.in_(select(InvoiceLineRow.id).where(InvoiceLineRow.draft_key.in_(still))))
-                    .values(line_id=None)
-                )
+                freed = update(WorkItem).where(WorkItem.draft_key.in_(still))
+                session.execute(freed.values(line_id=None, draft_key=None))
                 session.execute(delete(InvoiceLineRow).where(InvoiceLineRow.draft_key.in_(still)))
                 session.execute(delete(InvoiceDraftRow).where(InvoiceDraftRow.key.in_(still)))
             self._audit(session, actor, "draft_replaced", "invoice_draft", ((k, None) for k in stale))
-            # Items on a kept draft keep their state (drafted or approved); nothing to do for them.
+            # Items on a kept draft stay on it, and their state is still its state (drafted or approved).
             new = book.headers[~book.headers["key"].isin(keep)]
             if len(new):
                 self._insert_drafts(session, period, new, book.lines[book.lines["draft_key"].isin(set(new["key"]))],
@@ -535,46 +568,46 @@ class Ledger:
 
     @staticmethod
     def _claim(session: Session, draft_keys: Sequence[str], expected: int) -> None:
-        """Point the new drafts' work items at their lines and mark them drafted, each only if no draft holds it
-        and it is not billed: by statements per chunk of drafts, then one count of what was claimed. The
-        conditional update is exact under concurrency (SQLite serializes writers, PostgreSQL re-checks the
-        condition on rows another transaction changed)."""
-        free = and_(WorkItem.line_id.is_(None), *(WorkItem.state != s.value for s in BILLED_STATES))
+        """Point the new drafts' work items at their drafts and lines, each only if no draft holds it (a posted
+        one included: billed is final): by statements per chunk of drafts, then one count of what was claimed.
+        Its content now is what the draft bills (``billed_hash``). The conditional update is exact under
+        concurrency (SQLite serializes writers, PostgreSQL re-checks the condition on rows another transaction
+        changed)."""
+        items, on = WorkItem.__table__, InvoiceLineRow.__table__
+        free = items.c.draft_key.is_(None)
         now = utcnow()
         claimed = 0
         for chunk in _chunks(draft_keys):
-            lines = select(InvoiceLineRow.id).where(InvoiceLineRow.draft_key.in_(chunk))
             # UPDATE … FROM the chunk's lines (by their draft_key index) to each item by its key: an item several
             # lines bill (usage tiers) ends on one of them, the others finding it taken.
-            items, on = WorkItem.__table__, InvoiceLineRow.__table__
             session.execute(
                 update(items)
                 .where(on.c.work_item_key == items.c.key, on.c.draft_key.in_(chunk), on.c.work_item_key != "", free)
-                .values(line_id=on.c.id, state=WorkState.DRAFTED.value, updated_at=now)
-            )
-            several = session.execute(select(InvoiceLineRow.id, InvoiceLineRow.more_item_keys).where(
-                InvoiceLineRow.draft_key.in_(chunk), InvoiceLineRow.more_item_keys.is_not(None))).all()  # fmt: skip
-            pairs = [{"item": key, "line": line_id} for line_id, more in several for key in more or ()]
+                .values(line_id=on.c.id, draft_key=on.c.draft_key, state=WorkState.DRAFTED.value,
+                        billed_hash=items.c.content_hash, updated_at=now)
+            )  # fmt: skip
+            several = session.execute(select(on.c.id, on.c.draft_key, on.c.more_item_keys).where(
+                on.c.draft_key.in_(chunk), on.c.more_item_keys.is_not(None))).all()  # fmt: skip
+            pairs = [{"item": key, "line": line_id, "draft": draft} for line_id, draft, more in several
+                     for key in more or ()]  # fmt: skip
             if pairs:
                 session.execute(  # by the table, not the entity: an executemany, not the ORM's update by key
-                    update(WorkItem.__table__).where(WorkItem.key == bindparam("item"), free)
-                    .values(line_id=bindparam("line"), state=WorkState.DRAFTED.value, updated_at=now)
+                    update(items).where(items.c.key == bindparam("item"), free)
+                    .values(line_id=bindparam("line"), draft_key=bindparam("draft"), state=WorkState.DRAFTED.value,
+                            billed_hash=items.c.content_hash, updated_at=now)
                     .execution_options(synchronize_session=False), pairs,
                 )  # fmt: skip
-            claimed += int(session.scalar(select(func.count()).select_from(WorkItem)
-                                          .where(WorkItem.line_id.in_(lines))) or 0)  # fmt: skip
+            claimed += int(session.scalar(select(func.count()).select_from(items)
+                                          .where(items.c.draft_key.in_(chunk))) or 0)  # fmt: skip
         if claimed == expected:
             return
         keys = sorted({k for chunk in _chunks(draft_keys) for k in _item_keys_of(session, chunk)})
         held: list[tuple[str, str | None, str]] = []
         for chunk in _chunks(keys):
-            held += session.execute(
-                select(WorkItem.key, InvoiceLineRow.draft_key, WorkItem.state)
-                .outerjoin(InvoiceLineRow, InvoiceLineRow.id == WorkItem.line_id)
-                .where(WorkItem.key.in_(chunk), InvoiceLineRow.draft_key.not_in(draft_keys)
-                       | InvoiceLineRow.draft_key.is_(None),
-                       (WorkItem.line_id.is_not(None)) | WorkItem.state.in_([s.value for s in BILLED_STATES]))
-            ).tuples().all()  # fmt: skip
+            held += session.execute(_with_drafts(
+                select(WorkItem.key, WorkItem.draft_key, _state_column())
+                .where(WorkItem.key.in_(chunk), WorkItem.draft_key.is_not(None), WorkItem.draft_key.not_in(draft_keys))
+            )).tuples().all()  # fmt: skip
         raise ClaimConflict(held, missing=expected - claimed - len(held))
 
     def draft_states(self, keys: Iterable[str]) -> dict[str, DraftState]:
@@ -664,8 +697,8 @@ class Ledger:
     # -- approvals and postings --------------------------------------------------------------------
 
     def record_decisions(self, decisions: Sequence[ApprovalDecision], flow_run_id: str | None = None) -> None:
-        """Every decision is kept; a draft decided twice in one call ends as the last one says. Statements per
-        chunk of drafts, not per draft (each work-item update reads ``invoice_lines`` by draft key)."""
+        """Every decision is kept; a draft decided twice in one call ends as the last one says (a posted one stays
+        posted). A statement per chunk of drafts; their work items' state is theirs, nothing to write there."""
         final = {d.draft_key: d for d in decisions}  # the last decision of each draft
         with self.session() as session:
             if decisions:
@@ -678,17 +711,11 @@ class Ledger:
             for approved in (True, False):
                 keys = [key for key, d in final.items() if d.approved is approved]
                 decision = DraftState.APPROVED if approved else DraftState.REJECTED
-                item_state = WorkState.APPROVED if approved else WorkState.DRAFTED
                 for chunk in _chunks(keys):
                     session.execute(
                         update(InvoiceDraftRow)
                         .where(InvoiceDraftRow.key.in_(chunk), InvoiceDraftRow.state != DraftState.POSTED.value)
-                        .values(state=decision.value)
-                    )
-                    session.execute(
-                        _unbilled_only(update(WorkItem))
-                        .where(WorkItem.line_id.in_(_line_ids_of(chunk)))
-                        .values(state=item_state.value, updated_at=utcnow())
+                        .values(state=decision.value, updated_at=utcnow())
                     )
             self._audit(
                 session,
@@ -714,7 +741,7 @@ class Ledger:
 
     def record_postings(self, receipts: Sequence[PostingReceipt], actor: str) -> None:
         """A posting row per draft (the first receipt of a draft counts; one recorded earlier stays), the drafts
-        and their work items posted: statements per chunk of drafts, not per draft."""
+        posted (and with them their work items): statements per chunk of drafts, not per draft."""
         first: dict[str, PostingReceipt] = {}
         for r in receipts:
             first.setdefault(r.draft_key, r)
@@ -729,14 +756,8 @@ class Ledger:
                          "currency": r.currency, "posted_at": r.posted_at}
                         for r in new
                     ])  # fmt: skip
-                session.execute(
-                    update(InvoiceDraftRow).where(InvoiceDraftRow.key.in_(chunk)).values(state=DraftState.POSTED.value)
-                )
-                session.execute(
-                    update(WorkItem)
-                    .where(WorkItem.line_id.in_(_line_ids_of(chunk)))
-                    .values(state=WorkState.POSTED.value, billed_hash=WorkItem.content_hash, updated_at=utcnow())
-                )
+                session.execute(update(InvoiceDraftRow).where(InvoiceDraftRow.key.in_(chunk))
+                                .values(state=DraftState.POSTED.value, updated_at=utcnow()))  # fmt: skip
             self._audit(
                 session,
                 actor,
@@ -797,16 +818,15 @@ class Ledger:
             return [max(0.0, (posted - drafted).total_seconds()) for drafted, posted in session.execute(query)]
 
     def mark_reconciled(self, draft_keys: Sequence[str], actor: str) -> None:
+        """These posted drafts were found in the ERP to the cent: they and their work items are reconciled."""
         with self.session() as session:
             for chunk in _chunks(list(draft_keys)):
                 session.execute(
-                    update(WorkItem)
-                    .where(
-                        WorkItem.state == WorkState.POSTED.value,
-                        WorkItem.line_id.in_(select(InvoiceLineRow.id).where(InvoiceLineRow.draft_key.in_(chunk))),
-                    )
-                    .values(state=WorkState.RECONCILED.value, updated_at=utcnow())
-                )
+                    update(InvoiceDraftRow)
+                    .where(InvoiceDraftRow.key.in_(chunk), InvoiceDraftRow.state == DraftState.POSTED.value,
+                           InvoiceDraftRow.reconciled_at.is_(None))
+                    .values(reconciled_at=utcnow())
+                )  # fmt: skip
             self._audit(session, actor, "reconciled", "invoice_draft", ((k, None) for k in draft_keys))
 
     # -- the source's side: write-back and changes after billing ---------------------------------
@@ -815,10 +835,9 @@ class Ledger:
         """Posted work items whose invoice number is not yet in the source: key, source_id, ticket_id, number."""
         query = (
             select(WorkItem.key, WorkItem.source_id, WorkItem.ticket_id, Posting.erp_number)
-            .join(InvoiceLineRow, InvoiceLineRow.id == WorkItem.line_id)
-            .join(Posting, Posting.draft_key == InvoiceLineRow.draft_key)
+            .join(Posting, Posting.draft_key == WorkItem.draft_key)  # a posting: its draft is posted
             .where(WorkItem.period == period, WorkItem.source_system == source_system,
-                   WorkItem.state.in_([s.value for s in BILLED_STATES]), WorkItem.written_back_at.is_(None))
+                   WorkItem.written_back_at.is_(None))
         )  # fmt: skip
         with self.engine.connect() as connection:
             return pd.read_sql(query, connection)
@@ -913,11 +932,15 @@ class Ledger:
     # -- reports ---------------------------------------------------------------------------------
 
     def counts(self, period: str) -> dict[str, int]:
+        """How many of the period's work items are billed, non-billable, quarantined ... (``COUNT_OF_STATE``):
+        counted by their own state and draft, the drafts' states read apart (a few thousand, not an item each)."""
         counts = {name: 0 for name in dict.fromkeys(COUNT_OF_STATE.values())}
-        with Session(self.engine) as session:
-            rows = session.execute(
-                select(WorkItem.state, func.count()).where(WorkItem.period == period).group_by(WorkItem.state)
-            )
-            for state, n in rows:
-                counts[COUNT_OF_STATE[WorkState(state)]] += n
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(WorkItem.state, WorkItem.draft_key, func.count())
+                                      .where(WorkItem.period == period)
+                                      .group_by(WorkItem.state, WorkItem.draft_key)).all()  # fmt: skip
+            drafts = self._draft_states(connection, [d for _, d, _ in rows if d is not None])
+        for stored, draft, n in rows:
+            state = DRAFT_ITEM_STATE[drafts[draft]] if draft in drafts else WorkState(stored)
+            counts[COUNT_OF_STATE[state]] += n
         return counts

@@ -389,7 +389,7 @@ class LedgerView:
             ):
                 on.setdefault(item, []).append(draft)
             return cls(
-                states=dict(_rows(connection, f"SELECT key, state FROM work_items WHERE period = '{PERIOD}'")),
+                states=dict(_rows(connection, f"SELECT key, state FROM work_item_states WHERE period = '{PERIOD}'")),
                 drafts=dict(_rows(connection, "SELECT key, state FROM invoice_drafts")),
                 postings={
                     k: (n, t, x, g)
