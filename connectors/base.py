@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from billing.models import InvoiceDraft, PostingFailure, PostingReceipt, WorkBatch
 
@@ -25,6 +25,14 @@ class SourceConnector(Protocol):
         ...
 
     def extract(self, period: str | None) -> WorkBatch: ...
+
+
+@runtime_checkable
+class FingerprintedSource(Protocol):
+    """A source that can hash all it would extract for a period without extracting it (a file drop: its files'
+    bytes), so that a rerun over the same data is known to find nothing new at once."""
+
+    def fingerprint(self, period: str) -> str: ...
 
 
 class ErpConnector(Protocol):

@@ -13,6 +13,7 @@ import csv
 import hashlib
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from io import StringIO
@@ -64,9 +65,7 @@ WORKLOGS = EntitySchema(
     ("worklog_id", "customer_id", "service_type", "started_at", "duration_minutes"),
     ("ticket_id", "user", "billable", "note"),
 )
-USAGE = EntitySchema(
-    "usage", ("record_id", "customer_id", "metric", "quantity", "occurred_on"), ("subscription_id",)
-)
+USAGE = EntitySchema("usage", ("record_id", "customer_id", "metric", "quantity", "occurred_on"), ("subscription_id",))
 TRUE_WORDS = {"true", "yes", "y", "1", ""}  # an empty "billable" means billable
 FALSE_WORDS = {"false", "no", "n", "0"}
 # The longest id the ledger keeps (billing/ledger/schema.py: work_items.source_id, customer_id, ticket_id).
@@ -75,6 +74,7 @@ LEDGER_LENGTHS = {
     "customer_id": WorkItem.__table__.c.customer_id.type.length,
     "ticket_id": WorkItem.__table__.c.ticket_id.type.length,
 }
+HEADER_CHARS = 1_000_000  # a header row is read from this many characters of its file at most
 MAX_MINUTES = 10**9  # beyond any real duration; keeps seconds well inside int64
 
 
@@ -145,37 +145,96 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
-def read_table(path: Path, entity: EntitySchema) -> tuple[pd.DataFrame, list[str]]:
-    """The file as a table of strings, with a ``source_row`` column; and notes about ignored columns."""
+def _text_of(path: Path, entity: EntitySchema) -> str:
+    """The file's text; an empty file or one that is not UTF-8 is refused."""
     raw = path.read_bytes()
     if not raw.strip():
         raise InputError(path, "the file is empty", hint=f"export the {entity.name} again")
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         line, byte = _first_non_utf8_line(path)
         raise InputError(path, f"not UTF-8 text (byte 0x{byte:02x}); save the export as UTF-8", line=line) from None
 
+
+def _csv_header(path: Path, text: str) -> list[str]:
+    """The CSV's column names; a malformed header or a column named twice is refused."""
+    try:
+        # The first record, from the file's beginning only: StringIO copies the text it is given.
+        header = [c.strip() for c in next(csv.reader(StringIO(text[:HEADER_CHARS], newline="")), [])]
+    except csv.Error as exc:
+        raise InputError(path, f"not a well-formed CSV file: {exc}") from None
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise InputError(path, f"column(s) {', '.join(repeated)} appear more than once in the header", line=1)
+    return header
+
+
+def _require_columns(path: Path, entity: EntitySchema, columns: Sequence[str]) -> None:
+    missing = [c for c in entity.required if c not in columns]
+    if missing:
+        raise InputError(
+            path,
+            f"missing column(s) {', '.join(missing)}",
+            hint=f"{entity.name} needs the columns: {', '.join(entity.required)} "
+            f"(optional: {', '.join(entity.optional)})",
+        )
+
+
+def check_table(path: Path, entity: EntitySchema) -> None:
+    """What ``read_table`` refuses that a glance finds, without parsing a CSV's rows (a large month's are read
+    once, by the run): an empty file, not UTF-8, a header without the required columns or with one twice. A
+    JSON file is read whole. A malformed row further down still stops the run, with the same message."""
+    if path.suffix != ".csv":
+        read_table(path, entity)
+        return
+    text = _text_of(path, entity)
+    _require_columns(path, entity, _csv_header(path, text))
+
+
+# skip_blank_lines=False: pandas would skip a blank line, and every row after it would be reported one row too
+# early; blank rows are left out after numbering. index_col=False: a trailing comma on every row must not turn
+# the first column into the index.
+CSV_OPTIONS: dict[str, Any] = {"dtype": str, "keep_default_na": False, "skipinitialspace": True,
+                               "index_col": False, "skip_blank_lines": False}  # fmt: skip
+
+
+def _read_csv(text: str) -> pd.DataFrame | None:
+    """The rows as pandas reads them, or None when pandas finds a row longer than the header (or anything
+    else amiss): then ``_read_csv_with_extra_fields`` reads the file as it may be read, or says why not.
+    A well-formed export, however large, is parsed once."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)  # a longer first row: columns would shift
+            return pd.read_csv(StringIO(text), **CSV_OPTIONS)
+    except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError):
+        return None
+
+
+def _read_csv_with_extra_fields(path: Path, text: str, header: list[str]) -> pd.DataFrame:
+    """A CSV with rows longer than its header: their extra fields must be empty (a trailing comma), else the
+    file is refused naming the row (the values would be lost)."""
+    try:
+        _refuse_rows_with_extra_values(path, text, len(header))
+    except csv.Error as exc:
+        raise InputError(path, f"not a well-formed CSV file: {exc}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)  # extra empty fields: checked above
+            # usecols: a trailing comma on some rows only must not stop the file either.
+            return pd.read_csv(StringIO(text), usecols=range(len(header)), **CSV_OPTIONS)
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise InputError(path, f"not a well-formed CSV file: {exc}".replace("\n", " ")) from None
+
+
+def read_table(path: Path, entity: EntitySchema) -> tuple[pd.DataFrame, list[str]]:
+    """The file as a table of strings, with a ``source_row`` column; and notes about ignored columns."""
+    text = _text_of(path, entity)
     if path.suffix == ".csv":
-        try:
-            header = [c.strip() for c in next(csv.reader(StringIO(text, newline="")), [])]
-            _refuse_rows_with_extra_values(path, text, len(header))
-        except csv.Error as exc:
-            raise InputError(path, f"not a well-formed CSV file: {exc}") from None
-        repeated = sorted({c for c in header if header.count(c) > 1})
-        if repeated:
-            raise InputError(path, f"column(s) {', '.join(repeated)} appear more than once in the header", line=1)
-        try:
-            # index_col=False: a trailing comma on every row must not turn the first column into the index;
-            # usecols: nor may one on some rows only stop the file (pandas refuses a row longer than the first).
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", pd.errors.ParserWarning)  # extra empty fields: checked above
-                # skip_blank_lines=False: pandas would skip a blank line, and every row after it would be
-                # reported one row too early; blank rows are left out below, after numbering.
-                frame = pd.read_csv(StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
-                                    index_col=False, usecols=range(len(header)), skip_blank_lines=False)  # fmt: skip
-        except (pd.errors.ParserError, ValueError) as exc:
-            raise InputError(path, f"not a well-formed CSV file: {exc}".replace("\n", " ")) from None
+        header = _csv_header(path, text)
+        frame = _read_csv(text)
+        if frame is None:
+            frame = _read_csv_with_extra_fields(path, text, header)
         frame.columns = [str(c).strip() for c in frame.columns]
         rows = np.arange(2, 2 + len(frame))  # spreadsheet numbering: the header is row 1
     else:
@@ -188,14 +247,7 @@ def read_table(path: Path, entity: EntitySchema) -> tuple[pd.DataFrame, list[str
     if frame.empty and len(frame.columns) == 0:
         raise InputError(path, "the file has no rows")
 
-    missing = [c for c in entity.required if c not in frame.columns]
-    if missing:
-        raise InputError(
-            path,
-            f"missing column(s) {', '.join(missing)}",
-            hint=f"{entity.name} needs the columns: {', '.join(entity.required)} "
-            f"(optional: {', '.join(entity.optional)})",
-        )
+    _require_columns(path, entity, list(frame.columns))
     extra = [c for c in frame.columns if c not in entity.columns]
     notes = [f"{path.name}: ignored unknown column(s) {', '.join(extra)}"] if extra else []
     for column in entity.optional:
@@ -284,11 +336,12 @@ class FileDropSource:
         return self.default_period() if self.manifest.get("period") else f"{moment:%Y-%m}"
 
     def check(self) -> None:
-        """Read every file once, so an unreadable one is reported before a run starts."""
+        """Look at every file (``check_table``), so a missing, empty, undecodable or wrongly headed one is
+        reported before a run starts."""
         for entity in (CUSTOMERS, TICKETS, WORKLOGS):
-            read_table(_find(self.folder, entity), entity)
+            check_table(_find(self.folder, entity), entity)
         if self._has_usage():
-            read_table(_find(self.folder, USAGE), USAGE)
+            check_table(_find(self.folder, USAGE), USAGE)
 
     def _has_usage(self) -> bool:
         return any((self.folder / f"usage{ext}").exists() for ext in (".csv", ".json", ".jsonl"))
@@ -454,6 +507,16 @@ class FileDropSource:
         issues = pd.concat(problems, ignore_index=True)
         issues = issues[issues["key"].isin(worklogs["key"])].reset_index(drop=True)[list(ISSUE_COLUMNS)]
         return worklogs, issues, int((~in_period).sum())
+
+    def fingerprint(self, period: str) -> str:
+        """A SHA-256 of the export's files (names and bytes), its instance and ``period``: equal only for the
+        same data (a file touched but unchanged hashes the same)."""
+        digest = hashlib.sha256(f"{SYSTEM}\n{self.instance}\n{period}\n".encode())
+        for path in self._export_files():
+            digest.update(f"{path.name}\n{path.stat().st_size}\n".encode())
+            with path.open("rb") as handle:
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
+        return digest.hexdigest()
 
     # -- changes, for the poller -----------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from rules.schema import load_rules
 from tasks.approve import approval_policy, ask_a_human
 from tasks.extract import extract, make_source, resolve_period
 from tasks.post import erp_session, post
-from tasks.price import draft, price_stage
+from tasks.price import draft, price_stage, standing_drafts
 from tasks.reconcile import period_summary, publish, reconcile, write_back
 from tasks.validate import validate_stage
 
@@ -67,10 +67,13 @@ def ticket_to_invoice(
         say = get_run_logger().info
 
         with one_run_at_a_time(settings, period, say):  # per period and ERP, across processes: a second run waits
-            batch = extract(settings, period)
-            validated = validate_stage(settings, batch)  # .worklogs and .usage passed their suites
-            priced = price_stage(settings, batch, validated.worklogs, validated.usage)
-            drafts = draft(settings, batch, priced)  # claims its work items: never on two drafts
+            batch = extract(settings, period, skip_if_settled=True)
+            if batch.settled:  # its data, rules and history as when its drafts were made: they stand
+                drafts = standing_drafts(settings, period)
+            else:
+                validated = validate_stage(settings, batch)  # .worklogs and .usage passed their suites
+                priced = price_stage(settings, batch, validated.worklogs, validated.usage)
+                drafts = draft(settings, batch, priced)  # claims its work items: never on two drafts
             for_a_human = approval_policy(settings, drafts)
             ask_a_human(settings, for_a_human)
             with erp_session(settings, {int(period[:4])}, say=say) as settings:

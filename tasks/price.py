@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ from billing.draft_book import (
     row_of,
 )
 from billing.ledger import Ledger, WorkState
+from billing.ledger.store import UNPOSTED_DRAFT_STATES
 from billing.models import DraftState, InvoiceDraft, WorkBatch, draft_key
 from billing.money import Rounding, format_money
 from billing.settings import Settings
@@ -191,8 +192,16 @@ def build_drafts(settings: Settings, batch: WorkBatch, lines: pd.DataFrame) -> p
     rules = load_rules(settings.rules_file)
     book = plan_book(batch, lines, rules, ledger)
     scoped = {batch.scope.customer_id} if batch.scope else None  # an event run leaves other customers' drafts be
-    ledger.save_drafts(batch.period, book, actor="draft", customers=scoped, rules_hash=rules.content_hash)
+    made_from = ({"fingerprint": batch.fingerprint, "notes": batch.notes, "at": datetime.now(UTC).isoformat()}
+                 if batch.fingerprint and not batch.scope else None)  # fmt: skip
+    ledger.save_drafts(batch.period, book, actor="draft", customers=scoped, rules_hash=rules.content_hash,
+                       drafted_from=made_from)  # fmt: skip
     return ledger.draft_headers(keys=book.keys)
+
+
+def standing_drafts(settings: Settings, period: str) -> pd.DataFrame:
+    """The period's unposted drafts' headers: what ``build_drafts`` returns when nothing it reads has changed."""
+    return Ledger(settings.resolved_ledger_url).draft_headers(period, states=UNPOSTED_DRAFT_STATES)
 
 
 def plan_drafts(batch: WorkBatch, lines: pd.DataFrame, rules: RuleSet, ledger: LedgerView) -> list[InvoiceDraft]:

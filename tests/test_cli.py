@@ -216,12 +216,15 @@ def test_bad_input_after_a_good_run_leaves_the_ledger_as_it_was(tmp_path: Path) 
         return items, [d.model_dump() for d in ledger.drafts()], len(ledger.audit_log())
 
     before = snapshot()
-    breakages = {
-        "worklogs.csv": b"worklog_id,customer_id\nWL-1,ACME\n",  # required columns missing
-        "tickets.csv": b"",  # an empty file
-        "customers.json": b'[{"customer_id": "ACME", "name": "Acme", ',  # malformed JSON
-    }
-    for name, content in breakages.items():
+    good_worklogs = (export / "worklogs.csv").read_bytes()
+    breakages = [
+        ("worklogs.csv", b"worklog_id,customer_id\nWL-1,ACME\n"),  # required columns missing
+        ("tickets.csv", b""),  # an empty file
+        ("customers.json", b'[{"customer_id": "ACME", "name": "Acme", '),  # malformed JSON
+        # a row with a value beyond the header, at the end: found by the run's extract, not the glance before it
+        ("worklogs.csv", good_worklogs + b"WL-99999,T-1001,ACME,ann,remote_support,2026-10-05T10:00:00Z,30,true,n,X\n"),
+    ]
+    for name, content in breakages:
         original = (export / name).read_bytes()
         (export / name).write_bytes(content)
         result = cli(home, "run", "--input", str(export), "--erp", "files")

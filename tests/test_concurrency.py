@@ -132,6 +132,8 @@ def test_without_the_lock_the_draft_claim_alone_bills_nothing_twice(
         return result
 
     monkeypatch.setattr(Ledger, "register", register_then_signal)
+    # B reads the export as if before A drafted it (else A's recorded drafts stand for B, which reads nothing).
+    monkeypatch.setattr(Ledger, "drafted_from", lambda *_: None)
     monkeypatch.setattr(Ledger, "posted_versions", draft_after_a_posted)
     monkeypatch.setattr(Ledger, "record_postings", post_after_b_extracted)
     results: dict[str, Any] = {}

@@ -640,7 +640,9 @@ def test_a_start_without_timezone_is_an_issue_not_a_guess(export: Path, started_
 
 
 @pytest.mark.parametrize("started_at", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00Z", "2262-04-12T00:00:00Z"])
-def test_a_start_in_an_impossible_year_is_an_issue_not_a_crash_nor_another_period(export: Path, started_at: str) -> None:  # noqa: E501
+def test_a_start_in_an_impossible_year_is_an_issue_not_a_crash_nor_another_period(
+    export: Path, started_at: str
+) -> None:
     # 9999-12-31T23:59:59-14:00 is in year 10000 in UTC: the month in the customer's zone raised NotImplementedError;
     # 0001-01-01 was silently another period's work.
     (export / "worklogs.csv").write_text(HEADER + f"\nA,ACME,consulting,{started_at},30\n", encoding="utf-8")
@@ -690,3 +692,25 @@ def test_a_blank_row_is_no_row_and_the_rows_after_it_keep_their_numbers(export: 
     batch = FileDropSource(export).extract()
     assert batch.worklogs[["source_id", "source_row"]].values.tolist() == [["A", 2], ["B", 4]]
     assert batch.issues[["source_row", "field"]].values.tolist() == [[4, "duration_minutes"]]
+
+
+@pytest.mark.parametrize(
+    "started",
+    [
+        ["2026-10-05T14:30:00Z", "2026-10-31T23:59:59Z", None],  # whole seconds and a missing one: numpy
+        ["2026-10-05T14:30:00Z", "2026-10-05T14:30:00.5Z", None],  # a fraction: pandas' own text for all
+        [None, None, None],
+    ],
+)
+def test_content_hashes_are_the_ones_ledgers_hold(sample_batch: WorkBatch, started: list[str | None]) -> None:
+    """Hashes made faster must equal those billed items were recorded with (``astype(str)`` text, hashed,
+    ``"{:016x}"``): else every billed item would look changed after billing."""
+    from billing.models import HASHED_COLUMNS, content_hash
+
+    logs = sample_batch.worklogs.head(3).copy()
+    logs["started_at"] = pd.to_datetime(pd.Series(started, index=logs.index), utc=True, format="ISO8601")
+    logs["started_at"] = logs["started_at"].astype("datetime64[ns, UTC]")
+    logs.loc[logs.index[0], "raw_seconds"] = pd.NA
+    for frame in (logs, sample_batch.worklogs):
+        old = pd.util.hash_pandas_object(frame[list(HASHED_COLUMNS)].astype(str), index=False).map("{:016x}".format)
+        assert content_hash(frame).tolist() == old.tolist()

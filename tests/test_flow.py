@@ -435,3 +435,55 @@ def test_customers_unknown_to_the_erp_are_not_posted_when_it_may_not_create_them
     refused = {f["draft_key"].split(":")[1]: f["error"] for f in first["posting_failures"]}
     assert refused.keys() == {"GLOBEX", "INITECH"}
     assert "not posted: the customer is not mapped to the ERP" in refused["GLOBEX"]
+
+
+def test_a_rerun_of_an_unchanged_export_reads_and_prices_nothing_again(
+    run: Callable[..., dict[str, Any]], home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export's bytes, the rules and earlier periods' invoices hash as when the period's drafts were made:
+    the rerun answers as the first did without extracting (a large month's rerun in about a second). The same
+    bytes touched again change nothing; a changed rules file or row is read and billed as before."""
+    from connectors.filedrop import FileDropSource
+
+    export = tmp_path / "export"
+    shutil.copytree(SAMPLE, export)
+    first = run(input_dir=str(export))
+    with monkeypatch.context() as patch:
+        patch.setattr(FileDropSource, "extract", lambda *_: pytest.fail("a settled rerun extracted"))
+        second = run(input_dir=str(export))
+        (export / "worklogs.csv").touch()  # a new modification time, the same data
+        third = run(input_dir=str(export))
+    for rerun in (second, third):
+        assert rerun["new_postings"] == 0 and any(n.startswith("nothing new since") for n in rerun["notes"])
+        assert rerun["invoices"] == first["invoices"] and rerun["counts"] == first["counts"]
+        assert rerun["quarantined"] == first["quarantined"] and rerun["reconcile"]["mismatches"] == []
+
+    rules = yaml.safe_load(DEMO_RULES.read_text())
+    rules["approval"]["auto_approve_below"] = {"EUR": "12345.00"}  # prices nothing differently, but is new
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
+    read_again = run(input_dir=str(export), rules=str(tmp_path / "rules.yaml"))
+    assert not any(n.startswith("nothing new since") for n in read_again["notes"])
+    assert read_again["counts"] == first["counts"] and read_again["new_postings"] == 0
+
+    worklogs = export / "worklogs.csv"
+    worklogs.write_text(worklogs.read_text().replace(",1h30,", ",90,"))  # WL-00506 fixed at the source
+    fixed = run(input_dir=str(export), rules=str(tmp_path / "rules.yaml"))
+    assert fixed["new_postings"] == 1 and fixed["counts"]["billed"] == first["counts"]["billed"] + 1
+
+
+def test_a_period_with_dates_after_its_run_is_always_read_again(
+    run: Callable[..., dict[str, Any]], tmp_path: Path
+) -> None:
+    """Validation judged a date in the future against the clock: a later rerun may judge it otherwise, so no
+    fingerprint stands for such a period."""
+    export = tmp_path / "export"
+    shutil.copytree(SAMPLE, export)
+    tickets = export / "tickets.csv"
+    header, first_row, *rest = tickets.read_text().splitlines()
+    created = header.split(",").index("created_at")
+    cells = first_row.split(",")
+    cells[created] = "2099-01-01T09:00:00Z"
+    tickets.write_text("\n".join([header, ",".join(cells), *rest]) + "\n")
+    run(input_dir=str(export))
+    again = run(input_dir=str(export))
+    assert not any(n.startswith("nothing new since") for n in again["notes"])

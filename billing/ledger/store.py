@@ -68,6 +68,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 CHUNK = 500  # keys per IN (...) clause: SQLite allows 32k parameters, PostgreSQL 65k
 SQLITE_CACHE_KB = 262_144  # a connection's page cache at most (256 MB), allocated as pages are read
 BIG_CHUNK = 5_000  # keys per IN (...) of a statement over many items: fewer statements to compile and run
+DRAFTED_FROM = "drafted:{period}"  # the source cursor naming what a period's drafts were made from (a fingerprint)
 AUDIT_BATCH = 10_000  # work item keys per audit entry of a batch
 BATCH = "(batch)"  # the entity_key of an audit entry about many items, whose keys are in its detail
 # The line contract's columns a line's row holds (its draft's row holds customer, agreement, period, currency).
@@ -497,8 +498,11 @@ class Ledger:
         actor: str,
         customers: Collection[str] | None = None,
         rules_hash: str | None = None,
+        drafted_from: dict[str, Any] | None = None,
     ) -> None:
         """Make ``drafts`` the period's unposted drafts (of ``customers`` only, when given), in one transaction.
+        ``drafted_from``: what they were made from (``{"fingerprint": …}``: ``drafted_from(period)`` answers it
+        until the period's drafts change again); without it, the period's record of that is removed.
 
         A draft whose content is unchanged keeps its state (and so its approval); a changed one replaces
         the old and must be approved again; an unposted draft no longer produced is removed. ``rules_hash``: the
@@ -512,6 +516,10 @@ class Ledger:
         hashes = dict(zip(book.headers["key"], content_hashes(book), strict=True))
         unposted = [s.value for s in UNPOSTED_DRAFT_STATES]
         with self.session() as session:
+            name = DRAFTED_FROM.format(period=period)
+            session.execute(delete(SourceCursor).where(SourceCursor.name == name))
+            if drafted_from is not None:
+                session.add(SourceCursor(name=name, cursor=drafted_from))
             existing = {
                 key: content_hash
                 for key, customer, content_hash in session.execute(
@@ -915,6 +923,22 @@ class Ledger:
             session.execute(
                 delete(EventDelivery).where(EventDelivery.source == source, EventDelivery.delivery_id == delivery_id)
             )
+
+    def drafted_from(self, period: str) -> dict[str, Any] | None:
+        """What the period's drafts were made from, as the draft stage recorded it with them (None: unknown, or
+        its work items changed since)."""
+        return self.cursor(DRAFTED_FROM.format(period=period))
+
+    def forget_drafted_from(self, period: str) -> None:
+        with self.session() as session:
+            session.execute(delete(SourceCursor).where(SourceCursor.name == DRAFTED_FROM.format(period=period)))
+
+    def last_posting_before(self, period: str) -> int:
+        """The newest posting of an earlier period (0: none): a new one there may change what this period's
+        drafts carry over (prepaid hours, caps)."""
+        earlier = select(InvoiceDraftRow.key).where(InvoiceDraftRow.period < period)
+        with self.engine.connect() as connection:
+            return int(connection.scalar(select(func.max(Posting.id)).where(Posting.draft_key.in_(earlier))) or 0)
 
     def cursor(self, name: str) -> dict[str, Any] | None:
         with Session(self.engine) as session:
