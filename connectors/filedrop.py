@@ -36,6 +36,7 @@ from billing.models import (
     WorkBatch,
     content_hash,
     empty_usage,
+    hex_digests,
     previous_month,
 )
 from connectors.polling import DEFAULT_LOOKBACK, Changes, parse_utc, utc_iso
@@ -394,9 +395,11 @@ class FileDropSource:
             "occurred_on": day.dt.date, "subscription_id": frame["subscription_id"].replace("", None),
             "period": period, "source_file": path.name, "source_row": frame["source_row"],
         })  # fmt: skip
-        usage["content_hash"] = pd.util.hash_pandas_object(
-            usage[["source_id", "customer_id", "metric", "quantity", "occurred_on"]].astype(str), index=False
-        ).map("{:016x}".format)
+        usage["content_hash"] = hex_digests(
+            pd.util.hash_pandas_object(
+                usage[["source_id", "customer_id", "metric", "quantity", "occurred_on"]].astype(str), index=False
+            )
+        )
         issues = pd.concat(problems, ignore_index=True)
         issues = issues[issues["key"].isin(usage["key"])].reset_index(drop=True)[list(ISSUE_COLUMNS)]
         return usage[list(USAGE_COLUMNS)].reset_index(drop=True), issues

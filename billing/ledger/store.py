@@ -99,13 +99,10 @@ def _state_column() -> ColumnElement[str]:
     """A work item's state (``WorkState``): its own until a draft holds it, then its draft's (``DRAFT_ITEM_STATE``).
     For a query of ``work_items`` outer-joined to ``invoice_drafts`` on ``draft_key`` (``_with_drafts``)."""
     draft = InvoiceDraftRow
-    return case(
-        (draft.key.is_(None), WorkItem.state),
-        (and_(draft.state == DraftState.POSTED.value, draft.reconciled_at.is_not(None)), WorkState.RECONCILED.value),
-        (draft.state == DraftState.POSTED.value, WorkState.POSTED.value),
-        (draft.state == DraftState.APPROVED.value, WorkState.APPROVED.value),
-        else_=WorkState.DRAFTED.value,
-    )
+    by_draft = [(and_(draft.state == state, draft.reconciled_at.is_not(None) if reconciled
+                      else draft.reconciled_at.is_(None)), item.value)
+                for (state, reconciled), item in DRAFT_ITEM_STATE.items()]  # fmt: skip
+    return case((draft.key.is_(None), WorkItem.state), *by_draft, else_=WorkState.DRAFTED.value)
 
 
 def _with_drafts(query: Select[Any]) -> Select[Any]:
@@ -516,10 +513,9 @@ class Ledger:
         hashes = dict(zip(book.headers["key"], content_hashes(book), strict=True))
         unposted = [s.value for s in UNPOSTED_DRAFT_STATES]
         with self.session() as session:
-            name = DRAFTED_FROM.format(period=period)
-            session.execute(delete(SourceCursor).where(SourceCursor.name == name))
+            self._forget_drafted_from(session, period)
             if drafted_from is not None:
-                session.add(SourceCursor(name=name, cursor=drafted_from))
+                session.add(SourceCursor(name=DRAFTED_FROM.format(period=period), cursor=drafted_from))
             existing = {
                 key: content_hash
                 for key, customer, content_hash in session.execute(
@@ -931,7 +927,11 @@ class Ledger:
 
     def forget_drafted_from(self, period: str) -> None:
         with self.session() as session:
-            session.execute(delete(SourceCursor).where(SourceCursor.name == DRAFTED_FROM.format(period=period)))
+            self._forget_drafted_from(session, period)
+
+    @staticmethod
+    def _forget_drafted_from(session: Session, period: str) -> None:
+        session.execute(delete(SourceCursor).where(SourceCursor.name == DRAFTED_FROM.format(period=period)))
 
     def last_posting_before(self, period: str) -> int:
         """The newest posting of an earlier period (0: none): a new one there may change what this period's
